@@ -1,0 +1,188 @@
+"""Seeded model descriptions that both wfit's writer and rabbit's TensorWriter can write.
+
+A model is plain numpy: it is the injected truth of the tests, independent of either writer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import hist
+import numpy as np
+
+
+@dataclass
+class Model:
+    channels: dict[str, dict]  # name -> {"axes": [hist axes], "masked": bool}
+    signals: list[str]
+    backgrounds: list[str]
+    nominal: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (channel, proc) -> values
+    sumw2: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    shape: dict[str, dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]]] = field(
+        default_factory=dict
+    )
+    lnn: dict[str, dict[str, float | tuple[float, float]]] = field(default_factory=dict)
+    data: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def hist(self, channel: str, values: np.ndarray, variances: np.ndarray | None = None) -> hist.Hist:
+        h = hist.Hist(*self.channels[channel]["axes"], storage=hist.storage.Weight())
+        shape = h.values().shape
+        h.view().value = values.reshape(shape)
+        h.view().variance = (values if variances is None else variances).reshape(shape)
+        return h
+
+
+def build_random_model(
+    seed: int,
+    nbins: tuple[int, ...] = (12, 8),
+    nsig: int = 2,
+    nbkg: int = 3,
+    nshape: int = 4,
+    asymmetric: bool = True,
+    masked: bool = True,
+    scale: float = 200.0,
+) -> Model:
+    """A model with ``len(nbins)`` unmasked channels (plus a masked one), mixed shape and lnN systematics."""
+    rng = np.random.default_rng(seed)
+    chans = {
+        f"ch{i}": {"axes": [hist.axis.Regular(n, 0.0, 1.0, name=f"x{i}")], "masked": False}
+        for i, n in enumerate(nbins)
+    }
+    if masked:
+        chans["xsec"] = {"axes": [hist.axis.Regular(nsig, 0.0, 1.0, name="gen")], "masked": True}
+    m = Model(chans, [f"sig{i}" for i in range(nsig)], [f"bkg{i}" for i in range(nbkg)])
+    for c, info in chans.items():
+        n = info["axes"][0].size
+        for j, p in enumerate(m.signals + m.backgrounds):
+            if info["masked"]:
+                if p not in m.signals:
+                    continue
+                vals = np.zeros(n)
+                vals[m.signals.index(p)] = scale * (1 + j)
+            else:
+                x = (np.arange(n) + 0.5) / n
+                vals = scale * rng.uniform(0.3, 1.0) * np.exp(-((x - rng.uniform(0, 1)) ** 2) / 0.1) + 2.0
+                if j == 1:
+                    vals[0] = 0.0  # an empty template bin
+            m.nominal[(c, p)] = vals
+            m.sumw2[(c, p)] = vals * rng.uniform(0.02, 0.3, size=n)
+    for s in range(nshape):
+        name = f"shape{s}"
+        m.shape[name] = {}
+        for (c, p), vals in m.nominal.items():
+            if chans[c]["masked"] or rng.uniform() < 0.3:
+                continue
+            up = vals * np.exp(rng.normal(0.0, 0.08, vals.size))
+            down = vals * np.exp(rng.normal(0.0, 0.08, vals.size)) if asymmetric and s % 2 == 0 else None
+            m.shape[name][(c, p)] = (up, down)
+    m.lnn["lumi"] = dict.fromkeys(m.signals + m.backgrounds, 1.025)
+    m.lnn["bkgnorm"] = {p: (1.10, 0.93) if asymmetric else 1.08 for p in m.backgrounds}
+    for c, info in chans.items():
+        if info["masked"]:
+            continue
+        tot = sum(m.nominal[(c, p)] for p in m.signals + m.backgrounds)
+        m.data[c] = rng.poisson(tot * rng.uniform(0.9, 1.1)).astype(float)
+    return m
+
+
+def write_wfit(m: Model, path: str, *, rabbit_meta: bool = False, sparse: bool = False) -> None:
+    from wfit.workspace import WorkspaceWriter
+
+    w = WorkspaceWriter(sparse=sparse)
+    for c, info in m.channels.items():
+        w.add_channel(c, info["axes"], masked=info["masked"])
+    for (c, p), vals in m.nominal.items():
+        w.add_process(p, c, m.hist(c, vals, m.sumw2[(c, p)]), signal=p in m.signals)
+    for name, per in m.shape.items():
+        for (c, p), (up, down) in per.items():
+            w.add_shape_systematic(name, p, c, m.hist(c, up), None if down is None else m.hist(c, down))
+    for name, kappas in m.lnn.items():
+        w.add_norm_systematic(name, list(kappas), None, kappas)
+    for c, d in m.data.items():
+        w.add_data(c, m.hist(c, d))
+    w.write(path, rabbit_meta=rabbit_meta)
+
+
+def write_rabbit(m: Model, path: str) -> None:
+    """Write the model with rabbit's own TensorWriter (working around its known writer bugs)."""
+    # rabbit records the git state of its install folder, which fails inside a fresh repository:
+    # point git at nothing so that it records "Not a git repository".
+    old = os.environ.get("GIT_DIR")
+    os.environ["GIT_DIR"] = os.path.join(os.path.dirname(path), "no-git")
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # rabbit divides 0/0 for empty template bins
+            _write_rabbit(m, path)
+    finally:
+        if old is None:
+            del os.environ["GIT_DIR"]
+        else:
+            os.environ["GIT_DIR"] = old
+
+
+def _write_rabbit(m: Model, path: str) -> None:
+    from rabbit.tensorwriter import TensorWriter
+
+    w = TensorWriter()
+    for c, info in m.channels.items():
+        w.add_channel(info["axes"], c, masked=info["masked"])
+    for (c, p), vals in m.nominal.items():
+        w.add_process(m.hist(c, vals, m.sumw2[(c, p)]), p, c, signal=p in m.signals)
+    for c, d in m.data.items():
+        w.add_data(m.hist(c, d), c)
+    for name, per in m.shape.items():
+        for (c, p), (up, down) in per.items():
+            if down is None:
+                w.add_systematic(m.hist(c, up), name, p, c)
+            else:
+                w.add_systematic([m.hist(c, up), m.hist(c, down)], name, p, c, symmetrize=None)
+    for name, kappas in m.lnn.items():
+        for c in m.channels:
+            for p, k in kappas.items():
+                if (c, p) not in m.nominal:
+                    continue
+                if isinstance(k, tuple):
+                    # rabbit 0.2.5 raises on an asymmetric lnN unless symmetrised: write it as a shape.
+                    nom = m.nominal[(c, p)]
+                    w.add_systematic(
+                        [m.hist(c, nom * k[0]), m.hist(c, nom * k[1])], name, p, c, symmetrize=None
+                    )
+                else:
+                    # one process per call: rabbit 0.2.5 applies a scalar kappa to the first process only
+                    w.add_norm_systematic(name, p, c, k)
+    folder, fname = os.path.split(path)
+    w.write(outfolder=folder, outfilename=fname)
+    # TensorWriter.write never closes its h5py.File, which keeps the file locked: close it here.
+    import h5py
+
+    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        if os.path.abspath(fid.name.decode()) == os.path.abspath(path):
+            h5py.File(fid).close()
+
+
+def run_rabbit(workspace: str, outdir: str, *extra: str) -> dict[str, tuple[float, float]]:
+    """Fit the stored data with rabbit_fit (mu, not sqrt(mu)); return name -> (value, error)."""
+    env = dict(os.environ, GIT_DIR=os.path.join(outdir, "no-git"))  # rabbit records git info of its cwd
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "rabbit_fit"),
+        workspace,
+        "-t",
+        "0",
+        "--unblind",
+        "--allowNegativePOI",
+        "-o",
+        outdir,
+        "--outname",
+        "rabbit.hdf5",
+        *extra,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rabbit_fit failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    from rabbit.io_tools import get_fitresult
+
+    fr = get_fitresult(os.path.join(outdir, "rabbit.hdf5"))
+    h = fr["parms"].get()
+    return {str(n): (float(v), float(np.sqrt(e))) for n, v, e in zip(h.axes[0], h.values(), h.variances(), strict=True)}
