@@ -1,0 +1,36 @@
+"""The TensorFlow binned maximum-likelihood fit of a wfit (or rabbit) workspace.
+
+Public API (imported lazily, so that ``import wfit.fitter`` is cheap and never imports coffea)::
+
+    from wfit.fitter import fit_workspace, Likelihood, fit, FitResult, read_result, FitStatus
+
+The POIs are signal strengths mu (not sqrt(mu)), one per signal process; the NLL has Poisson
+terms with the saturated offset, Gaussian constraints on log-normal nuisances, and Barlow-Beeston
+lite for the MC statistics. See :mod:`wfit.fitter.likelihood` for the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["FitResult", "FitStatus", "Likelihood", "fit", "fit_workspace", "read_result"]
+
+_WHERE = {
+    "FitResult": "wfit.fitter.result",
+    "read_result": "wfit.fitter.result",
+    "FitStatus": "wfit.fitter.minimize",
+    "Likelihood": "wfit.fitter.likelihood",
+    "fit": "wfit.fitter.fitting",
+    "fit_workspace": "wfit.fitter.fitting",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'wfit.fitter' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,406 @@
+"""The binned likelihood of a workspace in TensorFlow, float64, with exact derivatives.
+
+Model (the conventions of rabbit 0.2.5 and CMS combine):
+
+* Expected yields ``nu_bp = r_p * norm_bp * exp(sum_s theta_s logkavg_bps + theta_s alpha(theta_s)
+  logkhalfdiff_bps)`` with ``r_p = mu_p`` for signals (the POI is mu itself, not sqrt(mu)) and 1
+  otherwise; ``alpha`` is combine's smooth step ``t(3t^4 - 10t^2 + 15)/8`` with ``t = 2 theta``,
+  clipped to [-1, 1].
+* Poisson terms with the saturated offset, ``nu - n - n (log nu - log n)`` (``log n := 0`` for
+  ``n = 0``), so the NLL at the minimum is half the saturated chi2.
+* Gaussian constraints ``0.5 * w_s (theta_s - theta0_s)^2`` (``w = 0`` for free parameters).
+* Barlow-Beeston lite (on by default): one gamma-distributed ``beta_b`` per bin multiplying the
+  total yield, with ``k_b = (sum_p sumw_bp)^2 / sum_p sumw2_bp`` and constraint
+  ``k_b (beta_b - beta0_b - beta0_b log(beta_b / beta0_b))``, profiled analytically:
+  ``beta_b = (n_b + k_b beta0_b) / (nu_b + k_b)``.
+
+Every bin's NLL depends on the parameters only through its total yield ``nu_b``, so with
+``g_b(nu_b)`` the profiled per-bin NLL,
+
+    dL/dx_i = sum_b g'_b d_i nu_b,
+    d2L/dx_i dx_j = sum_b [g''_b d_i nu_b d_j nu_b + g'_b d_i d_j nu_b] + constraints,
+
+and the derivatives of ``nu_b`` are tensor contractions of the log(kappa) array. This gives the
+gradient in the same pass over the array as the yields, and the exact Hessian (not a finite
+difference, not one Hessian-vector product per parameter) in about one more pass and a
+``[nsyst x nbins*nproc] @ [nbins*nproc x nsyst]`` matrix product. The bins are processed in blocks
+sized to stay in cache, so each block of log(kappa) is read once per evaluation.
+
+The functions are traced once per :class:`Likelihood` with a fixed input signature; data can be
+replaced (toys) without retracing through :meth:`Likelihood.set_data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from wfit.fitter._tf import tf, to_tensor
+from wfit.workspace import Workspace, iter_logk_blocks
+
+__all__ = ["Likelihood", "alpha_step"]
+
+
+def alpha_step(theta):
+    """Combine's asymmetric log-normal interpolation step ``alpha(theta)`` and its derivatives.
+
+    Returns ``(theta*alpha, d(theta*alpha)/dtheta, d2(theta*alpha)/dtheta2)``.
+    """
+    t = 2.0 * theta
+    t2 = t * t
+    inside = tf.abs(t) < 1.0
+    alpha = tf.where(inside, 0.125 * t * (t2 * (3.0 * t2 - 10.0) + 15.0), tf.sign(t))
+    # d alpha / d theta = 2 * 15 (t^2 - 1)^2 / 8 ; d2 alpha / d theta2 = 30 t (t^2 - 1) (zero outside)
+    dalpha = tf.where(inside, 3.75 * tf.square(t2 - 1.0), tf.zeros_like(t))
+    d2alpha = tf.where(inside, 30.0 * t * (t2 - 1.0), tf.zeros_like(t))
+    return theta * alpha, alpha + theta * dalpha, 2.0 * dalpha + theta * d2alpha
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Constants for one block of consecutive bins, restricted to the nuisances active in it.
+
+    ``cols`` are the nuisances whose log(kappa) is non-zero somewhere in the block (columns of
+    ``a``); ``dcols`` the asymmetric ones among them (positions in the list of asymmetric
+    nuisances, columns of ``d``), and ``dpos`` their positions within ``cols``.
+    """
+
+    b0: int
+    b1: int
+    a: object  # logk average [nb*P, Sk]
+    cols: object  # int64 [Sk]
+    d: object | None  # logk half-difference [nb*P, Sak]
+    dcols: object | None  # int64 [Sak] into the asymmetric list
+    dsel: object | None  # one-hot [Sak, Sk]: half-difference column -> block column
+    norm: object  # [nb, P]
+
+
+class Likelihood:
+    """The NLL of a workspace and its exact gradient and Hessian, as ``tf.function``s.
+
+    Parameters are ``x = [mu_1..mu_npoi, theta_1..theta_nsyst]`` in the order of
+    :attr:`names`: POIs named after the signal processes, then nuisances as in ``hsysts``.
+
+    The log(kappa) tensor is stored in blocks of consecutive bins, each keeping only the
+    nuisances that act in it: nuisances that are local in the observable (an efficiency
+    uncertainty per eta bin, a momentum scale per eta region) cost nothing outside their bins.
+    A workspace read with ``load_logk=False`` is streamed from its file block by block, so the
+    full tensor is never held in memory.
+
+    Args:
+        ws: The workspace (see :func:`wfit.workspace.read_workspace`).
+        bb_lite: Barlow-Beeston lite for the MC statistical uncertainty.
+        data: Observed counts for the unmasked bins; defaults to ``ws.data_obs``.
+        device: ``"cpu"``, ``"gpu"`` or a TensorFlow device string; ``None`` picks the GPU when
+            TensorFlow sees one.
+        block_bytes: Target size in bytes of one block of the (uncompacted) log(kappa) tensor.
+
+    Example:
+        >>> from wfit.fitter.likelihood import Likelihood
+        >>> ll = Likelihood(ws)  # doctest: +SKIP
+        >>> f, g, h = ll.nll_grad_hess(ll.x0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        ws: Workspace,
+        *,
+        bb_lite: bool = True,
+        data: np.ndarray | None = None,
+        device: str | None = None,
+        block_bytes: int = 8 * 1024**2,
+    ) -> None:
+        self.ws = ws
+        self.bb_lite = bool(bb_lite)
+        self.device = resolve_device(device)
+        self.npoi = len(ws.signals)
+        self.nsyst = ws.nsyst
+        self.nparams = self.npoi + self.nsyst
+        self.names = list(ws.signals) + list(ws.systs)
+        self.x0 = np.concatenate([np.ones(self.npoi), np.zeros(self.nsyst)])
+        nb, nproc, nsyst = ws.nbins, ws.nproc, ws.nsyst
+        nasym = len(ws.asym_idx)
+        self._nproc = nproc
+        self._has_asym = nasym > 0
+        self.stored_bytes = 0  # bytes of log(kappa) kept after compaction
+
+        with tf.device(self.device):
+            row_bytes = 8 * nproc * max(1, nsyst + nasym)
+            step = max(1, min(nb, block_bytes // row_bytes))
+            self._blocks = [
+                self._make_block(b0, b1, avg, half)
+                for b0, b1, avg, half in iter_logk_blocks(ws, step, stop=nb)
+            ]
+            self._asym_idx = tf.constant(ws.asym_idx.reshape(-1, 1), dtype=tf.int64)
+            self._cw = tf.constant(ws.constraint_weights)
+            self._theta0 = tf.Variable(np.zeros(nsyst), dtype=tf.float64, trainable=False, name="theta0")
+            self._nobs = tf.Variable(np.zeros(nb), dtype=tf.float64, trainable=False, name="nobs")
+            self._lognobs = tf.Variable(np.zeros(nb), dtype=tf.float64, trainable=False, name="lognobs")
+            sumw = ws.sumw[:nb].sum(axis=1)
+            varw = ws.sumw2[:nb].sum(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                kstat = sumw**2 / varw
+            bbmask = (varw == 0.0) | (kstat == 0.0) | ~np.isfinite(kstat)
+            self._kstat = tf.constant(np.where(bbmask, 1.0, kstat))
+            self._bbmask = tf.constant(bbmask)
+            self._beta0 = tf.Variable(np.ones(nb), dtype=tf.float64, trainable=False, name="beta0")
+        self._nominal_total = ws.norm[:nb].sum(axis=1)
+        self.set_data(ws.data_obs if data is None else data)
+
+        spec = [tf.TensorSpec([self.nparams], tf.float64)]
+        self._f_nll = tf.function(lambda x: self._evaluate(x, 0), input_signature=spec)
+        self._f_grad = tf.function(lambda x: self._evaluate(x, 1), input_signature=spec)
+        self._f_hess = tf.function(lambda x: self._evaluate(x, 2), input_signature=spec)
+        self._f_yields = tf.function(lambda x: self._yields(x, self.bb_lite), input_signature=spec)
+
+    def _make_block(self, b0: int, b1: int, avg: np.ndarray, half: np.ndarray | None) -> _Block:
+        nrow = (b1 - b0) * self._nproc
+        avg = avg.reshape(nrow, self.nsyst)
+        dcols = np.flatnonzero(np.any(half != 0.0, axis=(0, 1))) if half is not None else np.zeros(0, int)
+        active = np.any(avg != 0.0, axis=0)
+        active[self.ws.asym_idx[dcols]] = True
+        cols = np.flatnonzero(active)
+        a = to_tensor(avg[:, cols], self.device)
+        self.stored_bytes += 8 * nrow * len(cols)
+        d = dsel = dcols_t = None
+        if len(dcols):
+            d = to_tensor(half.reshape(nrow, -1)[:, dcols], self.device)
+            self.stored_bytes += 8 * nrow * len(dcols)
+            onehot = np.zeros((len(dcols), len(cols)))
+            onehot[np.arange(len(dcols)), np.searchsorted(cols, self.ws.asym_idx[dcols])] = 1.0
+            dsel = tf.constant(onehot)
+            dcols_t = tf.constant(dcols, dtype=tf.int64)
+        return _Block(
+            b0,
+            b1,
+            a,
+            tf.constant(cols, dtype=tf.int64),
+            d,
+            dcols_t,
+            dsel,
+            to_tensor(self.ws.norm[b0:b1], self.device),
+        )
+
+    # ------------------------------------------------------------------------------- state
+    def set_data(
+        self, nobs: np.ndarray, theta0: np.ndarray | None = None, beta0: np.ndarray | None = None
+    ) -> None:
+        """Replace the observed counts (and global observables) without retracing."""
+        nobs = np.asarray(nobs, dtype=np.float64)
+        if nobs.shape != (self.ws.nbins,):
+            raise ValueError(f"data has shape {nobs.shape}, the workspace has {self.ws.nbins} unmasked bins")
+        if not np.all(np.isfinite(nobs)) or np.any(nobs < 0):
+            raise ValueError("data must be finite and >= 0")
+        empty = np.flatnonzero((nobs > 0) & (self._nominal_total == 0.0))
+        if len(empty):
+            where = ", ".join(self._describe_bin(b) for b in empty[:5])
+            raise ValueError(
+                f"{self.ws.path}: {len(empty)} bins have observed events but no expected events from any process "
+                f"({where}{', ...' if len(empty) > 5 else ''}); the likelihood is -infinity there: merge or drop "
+                "these bins, or add the missing process (e.g. a background or fake estimate)"
+            )
+        self._nobs.assign(nobs)
+        self._lognobs.assign(np.log(np.where(nobs > 0, nobs, 1.0)))
+        self._theta0.assign(np.zeros(self.nsyst) if theta0 is None else np.asarray(theta0, dtype=np.float64))
+        self._beta0.assign(np.ones(self.ws.nbins) if beta0 is None else np.asarray(beta0, dtype=np.float64))
+
+    def _describe_bin(self, b: int) -> str:
+        for ch in self.ws.channels:
+            if ch.start <= b < ch.stop:
+                idx = np.unravel_index(b - ch.start, ch.shape)
+                return f"channel {ch.name!r} bin {tuple(int(i) for i in idx)}"
+        return f"bin {b}"
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._nobs.numpy()
+
+    @property
+    def kstat(self) -> np.ndarray:
+        """Effective MC statistics per unmasked bin, ``(sum w)^2 / sum w^2``."""
+        return self._kstat.numpy()
+
+    # ------------------------------------------------------------------------------- public
+    def nll(self, x: np.ndarray) -> float:
+        """The NLL at ``x``."""
+        return float(self._f_nll(self._x(x)))
+
+    def nll_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """The NLL and its gradient at ``x``."""
+        f, g = self._f_grad(self._x(x))
+        return float(f), g.numpy()
+
+    def nll_grad_hess(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """The NLL, gradient and exact Hessian at ``x``."""
+        f, g, h = self._f_hess(self._x(x))
+        return float(f), g.numpy(), h.numpy()
+
+    def expected_yields(self, x: np.ndarray) -> np.ndarray:
+        """Expected events per unmasked bin at ``x`` (including the profiled BB-lite factor)."""
+        return self._f_yields(self._x(x)).numpy()
+
+    def asimov_data(self, x: np.ndarray | None = None) -> np.ndarray:
+        """Expected events per unmasked bin without BB-lite scaling (the Asimov data set)."""
+        with tf.device(self.device):
+            return self._yields(self._x(self.x0 if x is None else x), bb_lite=False).numpy()
+
+    def tracing_count(self) -> int:
+        """Number of traces of the NLL/gradient/Hessian functions (each should be traced once)."""
+        return sum(f.experimental_get_tracing_count() for f in (self._f_nll, self._f_grad, self._f_hess))
+
+    def _x(self, x: np.ndarray):
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.nparams,):
+            raise ValueError(f"parameter vector has shape {x.shape}, expected ({self.nparams},)")
+        with tf.device(self.device):
+            return tf.constant(x)
+
+    # ------------------------------------------------------------------------------- maths
+    def _split(self, x):
+        mu, theta = x[: self.npoi], x[self.npoi :]
+        r = tf.concat([mu, tf.ones([self._nproc - self.npoi], tf.float64)], axis=0)
+        if self._has_asym:
+            theta_a = tf.gather_nd(theta, self._asym_idx)
+            ta, dta, d2ta = alpha_step(theta_a)
+        else:
+            ta = dta = d2ta = None
+        return mu, theta, r, ta, dta, d2ta
+
+    def _block_yields(self, blk: _Block, theta_k, ta_k, r):
+        e = tf.linalg.matvec(blk.a, theta_k)
+        if blk.d is not None:
+            e = e + tf.linalg.matvec(blk.d, ta_k)
+        nuhat = blk.norm * tf.exp(tf.reshape(e, [blk.b1 - blk.b0, self._nproc]))
+        return nuhat, nuhat * r
+
+    def _per_bin(self, nu_b, sl):
+        """Profiled per-bin NLL g(nu) and its first two derivatives with respect to nu."""
+        n = self._nobs[sl]
+        has_n = n > 0.0
+        nu_safe = tf.where(has_n, nu_b, tf.ones_like(nu_b))
+        n_over_nu = tf.where(has_n, n / nu_safe, tf.zeros_like(nu_b))
+        if not self.bb_lite:
+            g = nu_b - n - n * (tf.math.log(nu_safe) - self._lognobs[sl])
+            return g, 1.0 - n_over_nu, n_over_nu / nu_safe
+        k, mask, beta0 = self._kstat[sl], self._bbmask[sl], self._beta0[sl]
+        beta = tf.where(mask, beta0, (n + k * beta0) / (nu_b + k))
+        nub = nu_b * beta
+        nub_safe = tf.where(has_n, nub, tf.ones_like(nub))
+        beta0_safe = tf.where(beta0 > 0.0, beta0, tf.ones_like(beta0))
+        beta_safe = tf.where(beta0 > 0.0, beta, tf.ones_like(beta))
+        lbeta = tf.where(
+            mask,
+            tf.zeros_like(k),
+            k * (beta - beta0) - k * beta0 * (tf.math.log(beta_safe) - tf.math.log(beta0_safe)),
+        )
+        g = nub - n - n * (tf.math.log(nub_safe) - self._lognobs[sl]) + lbeta
+        # Envelope theorem: dg/dnu at the profiled beta is beta - n/nu; beta'(nu) = -beta/(nu + k).
+        g1 = beta - n_over_nu
+        g2 = tf.where(mask, tf.zeros_like(k), -beta / (nu_b + k)) + n_over_nu / nu_safe
+        return g, g1, g2
+
+    def _evaluate(self, x, order: int):
+        mu, theta, r, ta, dta, d2ta = self._split(x)
+        npoi, ns = self.npoi, self.nsyst
+        f = tf.constant(0.0, tf.float64)
+        g_theta = tf.zeros([ns], tf.float64)
+        g_asym = tf.zeros([tf.size(self._asym_idx)], tf.float64) if self._has_asym else None
+        g_mu = tf.zeros([npoi], tf.float64)
+        h_tt = tf.zeros([ns, ns], tf.float64)
+        h_mt = tf.zeros([npoi, ns], tf.float64)
+        h_mm = tf.zeros([npoi, npoi], tf.float64)
+        for blk in self._blocks:
+            sl = slice(blk.b0, blk.b1)
+            theta_k = tf.gather(theta, blk.cols)
+            ta_k = tf.gather(ta, blk.dcols) if blk.d is not None else None
+            nuhat, nu = self._block_yields(blk, theta_k, ta_k, r)
+            nu_b = tf.reduce_sum(nu, axis=1)
+            g, g1, g2 = self._per_bin(nu_b, sl)
+            f = f + tf.reduce_sum(g)
+            if order == 0:
+                continue
+            gw = g1[:, None] * nu  # dL/dlog(nu_bp)
+            gw_flat = tf.reshape(gw, [-1])
+            cols = blk.cols[:, None]
+            g_theta = tf.tensor_scatter_nd_add(
+                g_theta, cols, tf.linalg.matvec(blk.a, gw_flat, transpose_a=True)
+            )
+            if blk.d is not None:
+                g_asym = tf.tensor_scatter_nd_add(
+                    g_asym, blk.dcols[:, None], tf.linalg.matvec(blk.d, gw_flat, transpose_a=True)
+                )
+            g_mu = g_mu + tf.linalg.matvec(nuhat[:, :npoi], g1, transpose_a=True)
+            if order == 1:
+                continue
+            nbk, nk = blk.b1 - blk.b0, tf.size(blk.cols)
+            at = blk.a  # d log(nu_bp) / d theta_k
+            if blk.d is not None:
+                at = at + tf.matmul(blk.d * tf.gather(dta, blk.dcols), blk.dsel)
+            # sum_bp g'_b nu_bp at_bp at_bp^T : second derivative of the yields
+            h_k = tf.matmul(at, at * gw_flat[:, None], transpose_a=True)
+            at3 = tf.reshape(at, [nbk, self._nproc, nk])
+            j_t = tf.einsum("bp,bps->bs", nu, at3)  # d nu_b / d theta_k
+            j_m = nuhat[:, :npoi]  # d nu_b / d mu
+            j_t2 = g2[:, None] * j_t
+            h_k = h_k + tf.matmul(j_t, j_t2, transpose_a=True)
+            h_mm = h_mm + tf.matmul(j_m, g2[:, None] * j_m, transpose_a=True)
+            h_mt_k = tf.matmul(j_m, j_t2, transpose_a=True)
+            h_mt_k = h_mt_k + tf.einsum("bp,bps->ps", g1[:, None] * j_m, at3[:, :npoi, :])
+            # scatter the block's [Sk, Sk] and [npoi, Sk] pieces into the full matrices
+            ii, jj = tf.meshgrid(blk.cols, blk.cols, indexing="ij")
+            h_tt = tf.tensor_scatter_nd_add(
+                h_tt, tf.stack([tf.reshape(ii, [-1]), tf.reshape(jj, [-1])], 1), tf.reshape(h_k, [-1])
+            )
+            h_mt = tf.transpose(tf.tensor_scatter_nd_add(tf.transpose(h_mt), cols, tf.transpose(h_mt_k)))
+        # constraints
+        dtheta = theta - self._theta0
+        f = f + 0.5 * tf.reduce_sum(self._cw * tf.square(dtheta))
+        if order == 0:
+            return f
+        g_theta = g_theta + self._cw * dtheta
+        if self._has_asym:
+            g_theta = g_theta + tf.scatter_nd(self._asym_idx, g_asym * dta, [ns])
+        grad = tf.concat([g_mu, g_theta], axis=0)
+        if order == 1:
+            return f, grad
+        diag = self._cw
+        if self._has_asym:
+            diag = diag + tf.scatter_nd(self._asym_idx, g_asym * d2ta, [ns])
+        h_tt = h_tt + tf.linalg.diag(diag)
+        top = tf.concat([h_mm, h_mt], axis=1)
+        bottom = tf.concat([tf.transpose(h_mt), h_tt], axis=1)
+        hess = tf.concat([top, bottom], axis=0)
+        hess = 0.5 * (hess + tf.transpose(hess))
+        return f, grad, hess
+
+    def _yields(self, x, bb_lite: bool):
+        _, theta, r, ta, _, _ = self._split(x)
+        out = []
+        for blk in self._blocks:
+            ta_k = tf.gather(ta, blk.dcols) if blk.d is not None else None
+            _, nu = self._block_yields(blk, tf.gather(theta, blk.cols), ta_k, r)
+            nu_b = tf.reduce_sum(nu, axis=1)
+            if bb_lite:
+                sl = slice(blk.b0, blk.b1)
+                k, mask, beta0 = self._kstat[sl], self._bbmask[sl], self._beta0[sl]
+                nu_b = nu_b * tf.where(mask, beta0, (self._nobs[sl] + k * beta0) / (nu_b + k))
+            out.append(nu_b)
+        return tf.concat(out, axis=0)
+
+
+def resolve_device(device: str | None) -> str:
+    """Map ``None``/``"auto"``/``"cpu"``/``"gpu"`` to a TensorFlow device string."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if device in (None, "auto"):
+        return gpus[0].name if gpus else "/CPU:0"
+    low = device.lower()
+    if low == "cpu":
+        return "/CPU:0"
+    if low == "gpu":
+        if not gpus:
+            raise RuntimeError(
+                "device='gpu' but TensorFlow sees no GPU; use device='cpu' or install tensorflow[and-cuda]"
+            )
+        return gpus[0].name
+    return device

@@ -1,0 +1,251 @@
+"""Second-order trust-region minimisation with the exact Hessian and an EDM stopping rule.
+
+Each iteration takes the Newton step when the Hessian is positive definite and the step lies in
+the trust region, and otherwise solves the trust-region subproblem exactly through the
+eigen-decomposition of the Hessian (More & Sorensen, SIAM J. Sci. Stat. Comput. 4 (1983) 553),
+which also handles the non-convex regions where quasi-Newton line searches fail. The fit stops
+when the estimated distance to the minimum, ``EDM = 0.5 g^T H^-1 g`` (MINUIT's definition), falls
+below the tolerance at a positive-definite Hessian.
+
+Lower bounds (used for non-negative POIs) are kept by projection: a parameter at its bound whose
+gradient pushes it further out is held fixed for that iteration.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import linalg
+from threadpoolctl import threadpool_limits
+
+__all__ = ["FitStatus", "MinimizeResult", "edm_and_covariance", "minimize"]
+
+
+class FitStatus(enum.IntEnum):
+    """Outcome of a minimisation; anything but ``CONVERGED`` gives a non-zero CLI exit code."""
+
+    CONVERGED = 0
+    MAX_ITERATIONS = 1
+    HESSIAN_NOT_POSDEF = 2
+    NO_PROGRESS = 3
+    NON_FINITE = 4
+    AT_BOUNDARY = 5
+
+    def describe(self) -> str:
+        return {
+            0: "converged",
+            1: "stopped at the iteration limit before converging",
+            2: "the Hessian at the minimum is not positive definite (flat or degenerate direction)",
+            3: "the trust region collapsed without reaching the tolerance",
+            4: "the NLL or its derivatives became NaN or infinite",
+            5: "converged with a parameter at its bound (its uncertainty is not Gaussian)",
+        }[int(self)]
+
+
+@dataclass
+class MinimizeResult:
+    """Minimum and its curvature.
+
+    Attributes:
+        x: Parameters at the minimum.
+        fun: NLL at the minimum.
+        grad: Gradient there.
+        hess: Exact Hessian there.
+        edm: Estimated distance to minimum, ``0.5 g^T H^-1 g``.
+        status: :class:`FitStatus`.
+        niter: Iterations.
+        nfev: Evaluations of NLL, gradient and Hessian.
+        history: NLL after each accepted step.
+        seconds: Wall-clock time of the minimisation.
+    """
+
+    x: np.ndarray
+    fun: float
+    grad: np.ndarray
+    hess: np.ndarray
+    edm: float
+    status: FitStatus
+    niter: int
+    nfev: int
+    history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def edm_and_covariance(grad: np.ndarray, hess: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """EDM and the covariance ``H^-1`` by Cholesky; ``(nan, None)`` if H is not positive definite."""
+    try:
+        c = linalg.cho_factor(hess, lower=True, check_finite=True)
+    except (linalg.LinAlgError, ValueError):
+        return float("nan"), None
+    cov = linalg.cho_solve(c, np.eye(hess.shape[0]))
+    cov = 0.5 * (cov + cov.T)
+    edm = 0.5 * float(grad @ linalg.cho_solve(c, grad))
+    return edm, cov
+
+
+def _trust_region_step(g: np.ndarray, h: np.ndarray, radius: float) -> np.ndarray:
+    """Exact solution of min g.p + 0.5 p.H.p subject to |p| <= radius (eigen-decomposition)."""
+    lam, q = np.linalg.eigh(h)
+    gq = q.T @ g
+    lmin = lam[0]
+    if lmin > 0:
+        p = -gq / lam
+        if np.linalg.norm(p) <= radius:
+            return q @ p
+
+    def norm_at(shift: float) -> float:
+        return float(np.linalg.norm(gq / (lam + shift)))
+
+    lo = max(0.0, -lmin) + 1e-15 * max(1.0, abs(lmin))
+    # The "hard case": g orthogonal to the lowest eigenvector.
+    if norm_at(lo) < radius:
+        p = -gq / (lam + lo)
+        p[lam + lo <= 1e-14 * max(1.0, abs(lam[-1]))] = 0.0
+        tau2 = radius**2 - float(p @ p)
+        p[0] += np.sqrt(max(tau2, 0.0))
+        return q @ p
+    hi = lo + np.linalg.norm(g) / radius + abs(lam[-1])
+    for _ in range(200):  # bisection on the secular equation |p(shift)| = radius
+        mid = 0.5 * (lo + hi)
+        if norm_at(mid) > radius:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return q @ (-gq / (lam + hi))
+
+
+def minimize(
+    fgh: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]],
+    x0: np.ndarray,
+    *,
+    tol: float = 1e-10,
+    max_iter: int = 200,
+    lower: np.ndarray | None = None,
+    initial_radius: float = 1.0,
+    callback: Callable[[int, float, float], None] | None = None,
+) -> MinimizeResult:
+    """Minimise with a Newton trust-region method on the exact Hessian.
+
+    Args:
+        fgh: Returns the NLL, its gradient and Hessian at a point.
+        x0: Starting point.
+        tol: Stop when the EDM is below this at a positive-definite Hessian.
+        max_iter: Iteration limit.
+        lower: Lower bounds per parameter (``-inf`` for none).
+        initial_radius: Initial trust-region radius per parameter, in units of the curvature
+            scale (about one standard deviation); the region's radius is this times sqrt(n).
+        callback: Called as ``callback(iteration, nll, edm)`` after each iteration.
+
+    Returns:
+        The :class:`MinimizeResult`.
+    """
+    # The matrices here are small: BLAS threads would only compete with TensorFlow's thread pool
+    # (measured: a 166x166 eigh takes 40x longer with OpenBLAS threads spinning against TensorFlow).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _minimize(
+            fgh, x0, tol=tol, max_iter=max_iter, lower=lower, initial_radius=initial_radius, callback=callback
+        )
+
+
+def _minimize(fgh, x0, *, tol, max_iter, lower, initial_radius, callback) -> MinimizeResult:
+    t0 = time.perf_counter()
+    x = np.array(x0, dtype=np.float64)
+    n = x.size
+    lower = np.full(n, -np.inf) if lower is None else np.asarray(lower, dtype=np.float64)
+    x = np.maximum(x, lower)
+    f, g, h = fgh(x)
+    nfev = 1
+    radius = float(initial_radius) * np.sqrt(n)
+    scale = np.sqrt(np.abs(np.diag(h)))
+    history = [f]
+    status = FitStatus.MAX_ITERATIONS
+    edm = float("nan")
+    it = 0
+    for it in range(1, max_iter + 1):
+        if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(h))):
+            status = FitStatus.NON_FINITE
+            break
+        # Parameters held at their bound this iteration.
+        held = (x <= lower) & (g > 0)
+        free = ~held
+        gf, hf = g[free], h[np.ix_(free, free)]
+        edm, _ = edm_and_covariance(gf, hf)
+        if callback is not None:
+            callback(it, f, edm)
+        if np.isfinite(edm) and edm < tol:
+            status = FitStatus.CONVERGED
+            break
+        # Trust region in variables scaled by the curvature (More, "Recent developments in
+        # algorithms and software for trust region methods", 1983): |D p| <= radius with
+        # D = sqrt(diag H), kept non-decreasing, so that steps do not depend on parameter units.
+        scale = np.maximum(scale, np.sqrt(np.abs(np.diag(h))))
+        d = np.where(scale[free] > 0, scale[free], 1.0)
+        gs, hs = gf / d, hf / np.outer(d, d)
+        step = np.zeros(n)
+        try:
+            c = linalg.cho_factor(hs, lower=True)
+            newton = -linalg.cho_solve(c, gs)
+        except (linalg.LinAlgError, ValueError):
+            newton = None
+        if newton is not None and np.linalg.norm(newton) <= radius:
+            step[free] = newton / d
+        else:
+            step[free] = _trust_region_step(gs, hs, radius) / d
+        # Keep bounds: shorten the step so that no parameter crosses its bound.
+        xn = np.maximum(x + step, lower)
+        step = xn - x
+        pred = -(g @ step + 0.5 * step @ h @ step)
+        fn, gn, hn = fgh(xn)
+        nfev += 1
+        actual = f - fn
+        snorm = float(np.linalg.norm(step * scale))
+        noise = 1e-12 * max(1.0, abs(f))  # NLL differences below this are rounding
+        if not np.isfinite(fn) or actual < -noise:
+            rho = -1.0  # never accept a step that raises the NLL
+        elif abs(pred) <= noise:
+            rho = 1.0
+        elif pred < 0:
+            rho = -1.0  # the quadratic model predicts an increase: the step is numerically unsound
+        else:
+            rho = actual / pred
+        if rho < 0.25:
+            radius = 0.5 * snorm if snorm > 0 else 0.25 * radius
+        elif rho > 0.75 and snorm >= 0.99 * radius:
+            radius = 2.0 * radius
+        if rho > 1e-4:
+            x, f, g, h = xn, fn, gn, hn
+            history.append(f)
+        if radius < 1e-14 * max(1.0, float(np.linalg.norm(x * scale))):
+            status = FitStatus.NO_PROGRESS
+            break
+    else:
+        it = max_iter
+    full_edm, cov = edm_and_covariance(g, h)
+    if status == FitStatus.CONVERGED:
+        if cov is None:
+            status = FitStatus.HESSIAN_NOT_POSDEF
+        elif np.any((x <= lower) & (g > 0)):
+            status = FitStatus.AT_BOUNDARY
+        edm = full_edm if np.isfinite(full_edm) else edm
+    elif cov is None and status != FitStatus.NON_FINITE:
+        status = FitStatus.HESSIAN_NOT_POSDEF if status == FitStatus.NO_PROGRESS else status
+    if np.isfinite(full_edm):
+        edm = full_edm
+    return MinimizeResult(
+        x=x,
+        fun=float(f),
+        grad=g,
+        hess=h,
+        edm=float(edm),
+        status=status,
+        niter=it,
+        nfev=nfev,
+        history=history,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,70 @@
+"""``wfit fit``: exit codes, the result file, and agreement with the Python API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.builders import build_random_model, write_wfit
+from wfit.fitter import fit_workspace, read_result
+from wfit.fitter.cli import main
+from wfit.workspace import file_sha256
+
+
+@pytest.fixture(scope="module")
+def ws_path(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cli") / "ws.hdf5")
+    write_wfit(build_random_model(seed=8), path)
+    return path
+
+
+def test_cli_fit_writes_result_equal_to_api(ws_path, tmp_path, capsys):
+    out = str(tmp_path / "res.hdf5")
+    assert main(["fit", ws_path, "-o", out, "--seed", "3"]) == 0
+    printed = capsys.readouterr()
+    assert "sig0" in printed.out and "converged" in printed.out and "iteration" in printed.err
+    res = read_result(out)
+    api = fit_workspace(ws_path)
+    assert res.names == api.names
+    np.testing.assert_array_equal(res.values, api.values)
+    np.testing.assert_array_equal(res.covariance, api.covariance)
+    assert res.workspace_sha256 == file_sha256(ws_path)
+    assert res.options["seed"] == 3 and res.ok
+    with h5py.File(out) as f:  # plain datasets, nothing pickled
+        assert set(f) == {"names", "values", "errors", "covariance"}
+    np.testing.assert_allclose(res.errors, np.sqrt(np.diag(res.covariance)))
+
+
+def test_cli_asimov_recovers_nominal(ws_path, tmp_path):
+    out = str(tmp_path / "asimov.hdf5")
+    assert main(["fit", ws_path, "-o", out, "--asimov", "-q", "--tol", "1e-16"]) == 0
+    res = read_result(out)
+    # Asimov data are the expectation at mu = 1, theta = 0: the fit returns exactly that point
+    np.testing.assert_allclose(res.values[: res.npoi], 1.0, rtol=1e-7)
+    np.testing.assert_allclose(res.values[res.npoi :], 0.0, atol=1e-7)
+
+
+def test_cli_exit_codes(ws_path, tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "missing.hdf5")]) == 2
+    assert "no such workspace" in capsys.readouterr().err
+    bad = tmp_path / "bad.hdf5"
+    bad.write_text("garbage")
+    assert main(["fit", str(bad)]) == 2
+    assert "not a readable HDF5" in capsys.readouterr().err
+    # one iteration cannot converge: non-zero exit and the status in the output
+    assert main(["fit", ws_path, "-o", str(tmp_path / "r.hdf5"), "--max-iter", "1", "-q"]) == 1
+    assert "did not converge" in capsys.readouterr().err
+    assert read_result(tmp_path / "r.hdf5").status != 0
+
+
+def test_console_script_runs(ws_path, tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "wfit")
+    out = tmp_path / "r.hdf5"
+    proc = subprocess.run([exe, "fit", ws_path, "-o", str(out), "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(read_result(out).values, fit_workspace(ws_path).values)
