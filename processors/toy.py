@@ -1,0 +1,548 @@
+"""A toy W -> mu nu generator that writes NanoAOD-like ROOT files for closure tests and benchmarks.
+
+The files are TTrees (``uproot``'s ``mktree`` + ``extend``) named ``Events`` that coffea's
+``NanoAODSchema`` reads unchanged: ``run``, ``luminosityBlock``, ``event``, ``PV_*``,
+``nMuon/Muon_*``, ``nElectron/Electron_*``, ``MET_*``, ``nJet/Jet_*`` and, for Monte Carlo,
+``nGenPart/GenPart_*`` (the boson and its decay products with ``statusFlags``), ``genWeight``,
+``LHEScaleWeight`` (9), ``LHEPdfWeight``, ``Pileup_nTrueInt`` and ``L1PreFiringWeight_{Nom,Up,Dn}``.
+
+Physics model (all numbers configurable in :class:`ToyConfig`; GeV):
+
+* W: relativistic Breit-Wigner mass (80.379, width 2.085) in [50, 150]; pT_W from
+  ``f(pT) ~ pT / (pT^2 + p0^2)^n`` (p0 = 6 GeV, n = 2.2, a peak near 4 GeV and a pT^-3.4 tail) up
+  to 300 GeV; y_W Gaussian with a charge-dependent width (W+ 2.3, W- 2.1), |y| < 5; W+ fraction 0.58;
+* decay: the helicity state is drawn with the fractions ``f_L, f_R, f_0`` of the chosen A0/A4 per
+  |y_W| bin and cos(theta*) from ``P_L, P_R, P_0``, phi* uniform, in the Collins-Soper frame
+  (convention of :mod:`wfit.processors.helicity`: theta* of l+ for W+, of the antineutrino for W-);
+* muon reconstruction: curvature ``k = q / pT`` smeared with ``sigma_k / k = sqrt(a + c pT^2)``,
+  about 1% in the barrel (|eta| < 1.2) and 3% in the endcaps at 40 GeV; ``tightId`` efficiency 0.98;
+  prompt isolation exponential with mean 0.03; MET = neutrino pT + Gaussian resolution of 6 GeV per
+  component;
+* backgrounds: ``"Z"``: Z -> mu mu (91.1876, 2.4952) with one muon lost (the more forward one: it is
+  not reconstructed if |eta| > 2.4, and fails ``looseId`` otherwise; its pT goes into the MET);
+  ``"fakes"``: non-prompt muons from jets, pT 15 + exponential(12), isolation 0.02 + exponential(0.35),
+  small MET (Gaussian 8 GeV per component), i.e. non-isolated and at low mT;
+* ``yield_scale[charge, |y_W| bin]`` < 1 removes W events by acceptance-rejection (after drawing
+  ``n_events`` candidates), which injects cross sections per bin relative to the nominal.
+
+Everything is drawn from ``np.random.default_rng(seed)``; the same seed gives the same file.
+
+Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.root")
+    >>> info = write_toy(path, 1000, process="W", seed=1)
+    >>> info["n_written"] <= 1000
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from .helicity import helicity_fractions
+
+__all__ = ["ToyConfig", "generate_events", "write_toy"]
+
+_M_W, _G_W = 80.379, 2.085
+_M_Z, _G_Z = 91.1876, 2.4952
+_M_MU = 0.105658
+_E_BEAM = 6500.0
+
+# statusFlags bits: 0 isPrompt, 7 isHardProcess, 8 fromHardProcess, 12 isFirstCopy, 13 isLastCopy.
+_FLAGS_BOSON = (1 << 0) | (1 << 7) | (1 << 8) | (1 << 13)
+_FLAGS_LEPTON = (1 << 0) | (1 << 7) | (1 << 8) | (1 << 12) | (1 << 13)
+
+
+def _default_a0() -> tuple[float, ...]:
+    return tuple(float(x) for x in np.round(np.linspace(0.10, 0.45, 11), 4))
+
+
+def _default_a4() -> tuple[float, ...]:
+    return tuple(float(x) for x in np.round(np.linspace(-0.3, -1.2, 11), 4))
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Parameters of the toy generator (GeV).
+
+    Attributes:
+        absy_edges: |y_W| bin edges of the angular coefficients and of ``yield_scale`` (an overflow
+            bin above the last edge is included).
+        a0, a4: A0 and A4 per |y_W| bin, for both charges (module convention for theta*).
+        yield_scale: Acceptance probability per (charge index: 0 for W+, 1 for W-, |y_W| bin), in
+            [0, 1]; ``None`` keeps all events.
+        wplus_fraction: Fraction of W+ among the W.
+        pt_p0, pt_power: pT_W spectrum ``pT / (pT^2 + p0^2)^power``.
+        y_sigma: Width of the y_W Gaussian for (W+, W-).
+        res_barrel, res_endcap: ``(a, c)`` of ``sigma_k / k = sqrt(a + c pT^2)``.
+        n_pdf: Number of ``LHEPdfWeight`` members (nominal first).
+        negative_weight_fraction: Fraction of events with a negative genWeight.
+        gen_weight: |genWeight|.
+    """
+
+    absy_edges: tuple[float, ...] = tuple(float(x) for x in np.round(np.arange(0.0, 2.5001, 0.25), 6))
+    a0: tuple[float, ...] = field(default_factory=_default_a0)
+    a4: tuple[float, ...] = field(default_factory=_default_a4)
+    yield_scale: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    wplus_fraction: float = 0.58
+    pt_p0: float = 6.0
+    pt_power: float = 2.2
+    y_sigma: tuple[float, float] = (2.3, 2.1)
+    res_barrel: tuple[float, float] = (0.007**2, (0.01**2 - 0.007**2) / 1600.0)
+    res_endcap: tuple[float, float] = (0.02**2, (0.03**2 - 0.02**2) / 1600.0)
+    n_pdf: int = 33
+    negative_weight_fraction: float = 0.0
+    gen_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        n = len(self.absy_edges)
+        if len(self.a0) != n or len(self.a4) != n:
+            raise ValueError(
+                f"ToyConfig: a0 and a4 need {n} values (|y| bins with overflow), "
+                f"got {len(self.a0)} and {len(self.a4)}"
+            )
+        if self.yield_scale is not None:
+            ys = np.asarray(self.yield_scale, dtype=float)
+            if ys.shape != (2, n) or np.any(ys < 0) or np.any(ys > 1):
+                raise ValueError(f"ToyConfig.yield_scale must have shape (2, {n}) with values in [0, 1]")
+
+    def absy_index(self, absy: np.ndarray) -> np.ndarray:
+        """|y_W| bin index (overflow bin last)."""
+        return np.clip(
+            np.searchsorted(np.asarray(self.absy_edges), absy, side="right") - 1, 0, len(self.absy_edges) - 1
+        )
+
+    def fractions(self) -> np.ndarray:
+        """Helicity fractions ``[3, n_absy]`` (L, R, 0) of the configured A0/A4."""
+        return helicity_fractions(np.asarray(self.a0), np.asarray(self.a4))
+
+
+# ---------------------------------------------------------------------------- kinematics
+def _boost(p: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Boost four-vectors ``[4, n]`` (px, py, pz, E) by velocity ``[3, n]``."""
+    b2 = np.sum(beta * beta, axis=0)
+    gamma = 1.0 / np.sqrt(1.0 - b2)
+    bp = np.sum(beta * p[:3], axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g2 = np.where(b2 > 0, (gamma - 1.0) / b2, 0.0)
+    vec = p[:3] + (g2 * bp + gamma * p[3]) * beta
+    return np.concatenate([vec, (gamma * (p[3] + bp))[None]], axis=0)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=0)
+
+
+def _boson(
+    rng: np.random.Generator,
+    n: int,
+    cfg: ToyConfig,
+    mass: float,
+    width: float,
+    sigma_y: np.ndarray,
+    m_range: tuple[float, float],
+) -> np.ndarray:
+    # Relativistic Breit-Wigner by inverse transform: m^2 = M^2 + M G tan(u).
+    lo, hi = (np.arctan((m**2 - mass**2) / (mass * width)) for m in m_range)
+    m = np.sqrt(mass**2 + mass * width * np.tan(rng.uniform(lo, hi, n)))
+    # pT / (pT^2 + p0^2)^k: CDF 1 - (p0^2 / (pT^2 + p0^2))^(k-1), inverted and truncated at 300 GeV.
+    k1 = cfg.pt_power - 1.0
+    umax = 1.0 - (cfg.pt_p0**2 / (300.0**2 + cfg.pt_p0**2)) ** k1
+    u = rng.uniform(0.0, umax, n)
+    pt = cfg.pt_p0 * np.sqrt((1.0 - u) ** (-1.0 / k1) - 1.0)
+    y = rng.normal(0.0, 1.0, n) * sigma_y
+    bad = np.abs(y) > 5.0
+    while np.any(bad):
+        y[bad] = rng.normal(0.0, 1.0, int(bad.sum())) * sigma_y[bad]
+        bad = np.abs(y) > 5.0
+    phi = rng.uniform(-np.pi, np.pi, n)
+    mt = np.sqrt(m**2 + pt**2)
+    return np.stack([pt * np.cos(phi), pt * np.sin(phi), mt * np.sinh(y), mt * np.cosh(y)])
+
+
+def _decay_cs(q: np.ndarray, cos_theta: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two massless daughters of ``q`` with particle 1 at (cos_theta, phi) in the Collins-Soper frame."""
+    n = q.shape[1]
+    m = np.sqrt(np.maximum(q[3] ** 2 - np.sum(q[:3] ** 2, axis=0), 0.0))
+    beta = q[:3] / q[3]
+    beams = [
+        np.stack([np.zeros(n), np.zeros(n), np.full(n, s * _E_BEAM), np.full(n, _E_BEAM)]) for s in (1, -1)
+    ]
+    b1, b2 = (_unit(_boost(b, -beta)[:3]) for b in beams)
+    sign = np.where(q[2] >= 0, 1.0, -1.0)
+    z = _unit(b1 - b2) * sign
+    x = -_unit(b1 + b2)
+    x = _unit(x - np.sum(x * z, axis=0) * z)
+    y = np.cross(z.T, x.T).T
+    sin_theta = np.sqrt(1.0 - cos_theta**2)
+    d = sin_theta * np.cos(phi) * x + sin_theta * np.sin(phi) * y + cos_theta * z
+    half = 0.5 * m
+    p1 = np.concatenate([half * d, half[None]], axis=0)
+    p2 = np.concatenate([-half * d, half[None]], axis=0)
+    return _boost(p1, beta), _boost(p2, beta)
+
+
+def _pt_eta_phi(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pt = np.hypot(p[0], p[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eta = np.arcsinh(np.where(pt > 0, p[2] / pt, np.sign(p[2]) * 1e6))
+    return pt, np.clip(eta, -20.0, 20.0), np.arctan2(p[1], p[0])
+
+
+def _sample_costheta(rng: np.random.Generator, pol: np.ndarray) -> np.ndarray:
+    n = len(pol)
+    r = rng.random(n)
+    cbrt = np.cbrt(r)
+    c = np.where(pol == 0, 1.0 - 2.0 * cbrt, 2.0 * cbrt - 1.0)  # P_L ~ (1-c)^2, P_R ~ (1+c)^2
+    # P_0 ~ 1 - c^2 on [-1, 1] is the law of the median of three uniforms (a Beta(2, 2) mapped to [-1, 1]).
+    med = np.median(rng.random((3, n)), axis=0) * 2.0 - 1.0
+    return np.where(pol == 2, med, c)
+
+
+def _smear_muon(
+    rng: np.random.Generator, pt: np.ndarray, eta: np.ndarray, q: np.ndarray, cfg: ToyConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    a = np.where(np.abs(eta) < 1.2, cfg.res_barrel[0], cfg.res_endcap[0])
+    c = np.where(np.abs(eta) < 1.2, cfg.res_barrel[1], cfg.res_endcap[1])
+    k = q / pt * (1.0 + np.sqrt(a + c * pt**2) * rng.normal(size=len(pt)))
+    return 1.0 / np.abs(k), np.where(k > 0, 1, -1)
+
+
+# ---------------------------------------------------------------------------- events
+def _jagged(counts: np.ndarray, **fields: np.ndarray) -> ak.Array:
+    return ak.zip({k: ak.unflatten(v, counts) for k, v in fields.items()})
+
+
+def generate_events(
+    process: str,
+    n: int,
+    rng: np.random.Generator,
+    cfg: ToyConfig | None = None,
+    *,
+    first_event: int = 0,
+    is_data: bool = False,
+) -> dict[str, Any]:
+    """Generate one block of toy events as NanoAOD-like columns.
+
+    Args:
+        process: ``"W"`` (W -> mu nu), ``"Z"`` (Z -> mu mu, one muon lost) or ``"fakes"``.
+        n: Candidate events to draw (W events may then be removed by ``yield_scale``).
+        rng: Random generator.
+        cfg: Toy parameters.
+        first_event: Event number offset.
+        is_data: Drop generator-level branches (genWeight, LHE weights, GenPart, pileup, prefiring).
+
+    Returns:
+        ``{branch or collection: numpy / awkward array}`` for :func:`write_toy`.
+    """
+    cfg = cfg or ToyConfig()
+    gen: dict[str, np.ndarray] = {}
+    if process == "W":
+        q = np.where(rng.random(n) < cfg.wplus_fraction, 1, -1)
+        boson = _boson(
+            rng, n, cfg, _M_W, _G_W, np.where(q > 0, cfg.y_sigma[0], cfg.y_sigma[1]), (50.0, 150.0)
+        )
+        absy = np.abs(0.5 * np.log((boson[3] + boson[2]) / (boson[3] - boson[2])))
+        iy = cfg.absy_index(absy)
+        keep = np.ones(n, dtype=bool)
+        if cfg.yield_scale is not None:
+            keep = rng.random(n) < np.asarray(cfg.yield_scale)[np.where(q > 0, 0, 1), iy]
+        f = cfg.fractions()[:, iy]
+        u = rng.random(n)
+        pol = np.where(u < f[0], 0, np.where(u < f[0] + f[1], 1, 2))
+        cos_theta = _sample_costheta(rng, pol)
+        d1, d2 = _decay_cs(boson, cos_theta, rng.uniform(-np.pi, np.pi, n))
+        # d1 is the right-handed daughter: mu+ for W+, the antineutrino for W-.
+        lep = np.where(q > 0, d1, d2)
+        nu = np.where(q > 0, d2, d1)
+        sel = np.flatnonzero(keep)
+        q, boson, lep, nu, pol = q[sel], boson[:, sel], lep[:, sel], nu[:, sel], pol[sel]
+        n = len(sel)
+        mu_q = q
+        lost = None
+        gen["pdg"] = np.stack([24 * q, -13 * q, 14 * q], axis=1)
+        gen["p"] = [boson, lep, nu]
+        gen["pol"] = pol
+    elif process == "Z":
+        boson = _boson(rng, n, cfg, _M_Z, _G_Z, np.full(n, 2.0), (60.0, 120.0))
+        # (1 + c^2): a mixture of uniform (3/4) and 3/2 c^2 (1/4).
+        u = rng.random(n)
+        c = np.where(rng.random(n) < 0.75, 2.0 * u - 1.0, np.cbrt(2.0 * u - 1.0))
+        d1, d2 = _decay_cs(boson, c, rng.uniform(-np.pi, np.pi, n))
+        _, e1, _ = _pt_eta_phi(d1)
+        _, e2, _ = _pt_eta_phi(d2)
+        first_lost = np.abs(e1) > np.abs(e2)  # the more forward muon is the lost one
+        lep = np.where(first_lost, d2, d1)
+        lost = np.where(first_lost, d1, d2)
+        mu_q = np.where(first_lost, 1, -1)  # d1 is mu-: the kept muon is mu+ when d1 is lost
+        gen["pdg"] = np.stack([np.full(n, 23), np.full(n, 13), np.full(n, -13)], axis=1)
+        gen["p"] = [boson, d1, d2]
+        nu = np.zeros((4, n))
+    elif process == "fakes":
+        pt = 15.0 + rng.exponential(12.0, n)
+        eta = rng.uniform(-2.4, 2.4, n)
+        phi = rng.uniform(-np.pi, np.pi, n)
+        lep = np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta), pt * np.cosh(eta)])
+        mu_q = np.where(rng.random(n) < 0.5, 1, -1)
+        nu = np.zeros((4, n))
+        lost = None
+    else:
+        raise ValueError(f"process must be 'W', 'Z' or 'fakes', got {process!r}")
+
+    # Reconstructed main muon.
+    gpt, geta, gphi = _pt_eta_phi(lep)
+    rpt, rq = _smear_muon(rng, np.maximum(gpt, 1e-3), geta, mu_q, cfg)
+    prompt = process != "fakes"
+    iso = rng.exponential(0.03, n) if prompt else 0.02 + rng.exponential(0.35, n)
+    has_mu = (np.abs(geta) < 2.5) & (rpt > 3.0)
+    mu_cols = {
+        "pt": rpt,
+        "eta": geta,
+        "phi": gphi,
+        "mass": np.full(n, _M_MU),
+        "charge": rq,
+        "pfRelIso04_all": iso,
+        "tightId": rng.random(n) < (0.98 if prompt else 0.9),
+        "looseId": np.ones(n, dtype=bool),
+        "dxy": rng.normal(0.0, 0.005 if prompt else 0.03, n),
+        "dz": rng.normal(0.0, 0.02 if prompt else 0.08, n),
+        "genPartIdx": np.full(n, 1 if prompt else -1),
+    }
+    met = nu[:2].copy()
+    lost_cols = None
+    if lost is not None:
+        lpt, leta, lphi = _pt_eta_phi(lost)
+        met += lost[:2]
+        lrpt, lrq = _smear_muon(rng, np.maximum(lpt, 1e-3), leta, -mu_q, cfg)
+        reco_lost = (np.abs(leta) < 2.4) & (lrpt > 3.0)
+        lost_cols = (
+            reco_lost,
+            {
+                "pt": lrpt,
+                "eta": leta,
+                "phi": lphi,
+                "mass": np.full(n, _M_MU),
+                "charge": lrq,
+                "pfRelIso04_all": rng.exponential(0.03, n),
+                "tightId": np.zeros(n, bool),
+                "looseId": np.zeros(n, bool),
+                "dxy": rng.normal(0.0, 0.005, n),
+                "dz": rng.normal(0.0, 0.02, n),
+                "genPartIdx": np.full(n, 2),
+            },
+        )
+    met += rng.normal(0.0, 6.0 if prompt else 8.0, (2, n))
+    # Extra soft muons (mostly below the 15 GeV veto threshold).
+    has_extra = rng.random(n) < 0.05
+    extra = {
+        "pt": 3.0 + rng.exponential(5.0, n),
+        "eta": rng.uniform(-2.4, 2.4, n),
+        "phi": rng.uniform(-np.pi, np.pi, n),
+        "mass": np.full(n, _M_MU),
+        "charge": np.where(rng.random(n) < 0.5, 1, -1),
+        "pfRelIso04_all": 0.1 + rng.exponential(0.5, n),
+        "tightId": rng.random(n) < 0.5,
+        "looseId": np.ones(n, bool),
+        "dxy": rng.normal(0.0, 0.02, n),
+        "dz": rng.normal(0.0, 0.05, n),
+        "genPartIdx": np.full(n, -1),
+    }
+    blocks = [(has_mu, mu_cols)] + ([lost_cols] if lost_cols is not None else []) + [(has_extra, extra)]
+    counts = sum(b[0].astype(np.int64) for b in blocks)
+    # Interleave per event: stack the blocks as columns and keep the present ones, in event order.
+    present = np.stack([b[0] for b in blocks], axis=1)
+    muon: dict[str, np.ndarray] = {}
+    dtypes = {
+        "pt": np.float32,
+        "eta": np.float32,
+        "phi": np.float32,
+        "mass": np.float32,
+        "charge": np.int32,
+        "pfRelIso04_all": np.float32,
+        "tightId": bool,
+        "looseId": bool,
+        "dxy": np.float32,
+        "dz": np.float32,
+        "genPartIdx": np.int16,
+    }
+    for key, dt in dtypes.items():
+        muon[key] = np.stack([b[1][key] for b in blocks], axis=1)[present].astype(dt)
+    if not prompt:
+        muon["genPartIdx"][:] = -1
+    # Electrons: occasionally one soft electron with a random cut-based ID.
+    n_ele = (rng.random(n) < 0.03).astype(np.int64)
+    ne = int(n_ele.sum())
+    electron = {
+        "pt": (5.0 + rng.exponential(10.0, ne)).astype(np.float32),
+        "eta": rng.uniform(-2.5, 2.5, ne).astype(np.float32),
+        "phi": rng.uniform(-np.pi, np.pi, ne).astype(np.float32),
+        "mass": np.full(ne, 0.000511, dtype=np.float32),
+        "charge": np.where(rng.random(ne) < 0.5, 1, -1).astype(np.int32),
+        "cutBased": rng.integers(0, 5, ne).astype(np.int32),
+        "pfRelIso03_all": rng.exponential(0.1, ne).astype(np.float32),
+        "dxy": rng.normal(0.0, 0.01, ne).astype(np.float32),
+        "dz": rng.normal(0.0, 0.03, ne).astype(np.float32),
+    }
+    n_jet = rng.poisson(2.0, n)
+    nj = int(n_jet.sum())
+    jet = {
+        "pt": (20.0 + rng.exponential(20.0, nj)).astype(np.float32),
+        "eta": rng.uniform(-4.7, 4.7, nj).astype(np.float32),
+        "phi": rng.uniform(-np.pi, np.pi, nj).astype(np.float32),
+        "mass": (2.0 + rng.exponential(5.0, nj)).astype(np.float32),
+    }
+    evno = np.arange(first_event, first_event + n, dtype=np.int64)
+    cols: dict[str, Any] = {
+        "run": np.ones(n, dtype=np.uint32),
+        "luminosityBlock": (1 + evno // 1000).astype(np.uint32),
+        "event": (evno + 1).astype(np.uint64),
+        "PV_x": rng.normal(0.0, 0.002, n).astype(np.float32),
+        "PV_y": rng.normal(0.0, 0.002, n).astype(np.float32),
+        "PV_z": rng.normal(0.0, 3.5, n).astype(np.float32),
+        "PV_npvs": rng.poisson(30, n).astype(np.int32),
+        "MET_pt": np.hypot(met[0], met[1]).astype(np.float32),
+        "MET_phi": np.arctan2(met[1], met[0]).astype(np.float32),
+        "Muon": _jagged(counts, **muon),
+        "Electron": _jagged(n_ele, **electron),
+        "Jet": _jagged(n_jet, **jet),
+    }
+    if is_data:
+        return cols
+    gw = np.where(rng.random(n) < cfg.negative_weight_fraction, -cfg.gen_weight, cfg.gen_weight)
+    cols["genWeight"] = gw.astype(np.float32)
+    cols["Pileup_nTrueInt"] = np.clip(rng.normal(30.0, 12.0, n), 0.0, 99.0).astype(np.float32)
+    fwd = np.abs(geta) > 2.0
+    cols["L1PreFiringWeight_Nom"] = np.where(fwd, 0.98, 1.0).astype(np.float32)
+    cols["L1PreFiringWeight_Up"] = np.where(fwd, 0.99, 1.0).astype(np.float32)
+    cols["L1PreFiringWeight_Dn"] = np.where(fwd, 0.97, 1.0).astype(np.float32)
+    if process in ("W", "Z"):
+        boson = gen["p"][0]
+        bpt, beta_, bphi = _pt_eta_phi(boson)
+        absy = np.abs(0.5 * np.log((boson[3] + boson[2]) / (boson[3] - boson[2])))
+        lrel = np.log1p(bpt / 10.0)
+        # muR=0.5 -> +, 2 -> -; muF=0.5 -> +, 2 -> - (index = 3 * iR + iF with 0.5, 1, 2).
+        scale = [
+            1.0 + (1 - iR) * (0.03 + 0.02 * lrel) + (1 - iF) * 0.02 * np.tanh(absy - 1.0)
+            for iR in range(3)
+            for iF in range(3)
+        ]
+        cols["LHEScaleWeight"] = ak.unflatten(
+            np.stack(scale, axis=1).astype(np.float32).ravel(), np.full(n, 9)
+        )
+        coef = np.random.default_rng(20241122).normal(0.0, 0.01, (cfg.n_pdf, 3))
+        coef[0] = 0.0
+        pdf = (
+            1.0 + coef[:, 0:1] * (absy / 2.5) + coef[:, 1:2] * ((absy / 2.5) ** 2 - 0.3) + coef[:, 2:3] * lrel
+        )
+        cols["LHEPdfWeight"] = ak.unflatten(pdf.T.astype(np.float32).ravel(), np.full(n, cfg.n_pdf))
+        parts = gen["p"]
+        pts, etas, phis = zip(*(_pt_eta_phi(p) for p in parts), strict=True)
+        mass = [
+            np.sqrt(np.maximum(parts[0][3] ** 2 - np.sum(parts[0][:3] ** 2, axis=0), 0.0)),
+            np.full(n, _M_MU if process == "Z" else _M_MU),
+            np.zeros(n) if process == "W" else np.full(n, _M_MU),
+        ]
+        three = np.full(n, 3)
+        cols["GenPart"] = _jagged(
+            three,
+            pt=np.stack(pts, axis=1).ravel().astype(np.float32),
+            eta=np.stack(etas, axis=1).ravel().astype(np.float32),
+            phi=np.stack(phis, axis=1).ravel().astype(np.float32),
+            mass=np.stack(mass, axis=1).ravel().astype(np.float32),
+            pdgId=gen["pdg"].ravel().astype(np.int32),
+            status=np.tile(np.array([62, 1, 1], dtype=np.int32), n),
+            statusFlags=np.tile(np.array([_FLAGS_BOSON, _FLAGS_LEPTON, _FLAGS_LEPTON], dtype=np.int32), n),
+            genPartIdxMother=np.tile(np.array([-1, 0, 0], dtype=np.int16), n),
+        )
+    else:
+        zero = np.zeros(n, dtype=np.int64)
+        cols["LHEScaleWeight"] = ak.unflatten(np.ones(9 * n, dtype=np.float32), np.full(n, 9))
+        cols["LHEPdfWeight"] = ak.unflatten(np.ones(cfg.n_pdf * n, dtype=np.float32), np.full(n, cfg.n_pdf))
+        cols["GenPart"] = _jagged(
+            zero,
+            pt=np.zeros(0, np.float32),
+            eta=np.zeros(0, np.float32),
+            phi=np.zeros(0, np.float32),
+            mass=np.zeros(0, np.float32),
+            pdgId=np.zeros(0, np.int32),
+            status=np.zeros(0, np.int32),
+            statusFlags=np.zeros(0, np.int32),
+            genPartIdxMother=np.zeros(0, np.int16),
+        )
+        cols["Muon"] = ak.with_field(
+            cols["Muon"], ak.full_like(cols["Muon"].pt, -1, dtype=np.int16), "genPartIdx"
+        )
+    return cols
+
+
+def _concat(blocks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    if len(blocks) == 1:
+        return blocks[0]
+    out = {}
+    for key in blocks[0]:
+        vals = [b[key] for b in blocks]
+        out[key] = ak.concatenate(vals) if isinstance(vals[0], ak.Array) else np.concatenate(vals)
+    return out
+
+
+def write_toy(
+    path: str | os.PathLike[str],
+    n_events: int | dict[str, int],
+    *,
+    process: str = "W",
+    seed: int = 0,
+    config: ToyConfig | None = None,
+    is_data: bool = False,
+    block_size: int = 250_000,
+) -> dict[str, Any]:
+    """Write a NanoAOD-like toy file (TTree ``Events``).
+
+    Args:
+        path: Output ROOT file.
+        n_events: Candidate events, or ``{process: n}`` to mix processes in one file (e.g. pseudo-data);
+            ``process`` is then ignored.
+        process: ``"W"``, ``"Z"`` or ``"fakes"``.
+        seed: Seed of ``np.random.default_rng``.
+        config: Toy parameters.
+        is_data: Write it as data (no generator branches).
+        block_size: Events generated and written per ``extend`` call.
+
+    Returns:
+        ``{"n_written": int, "n_candidates": {process: int}, "path": str}``.
+    """
+    cfg = config or ToyConfig()
+    plan = dict(n_events) if isinstance(n_events, dict) else {process: int(n_events)}
+    processes = list(plan)
+    if is_data is False and len(processes) > 1:
+        raise ValueError("mixing processes in one file is for pseudo-data: pass is_data=True")
+    rng = np.random.default_rng(seed)
+    import uproot
+
+    written = 0
+    tree = None
+    # Each block holds the same share of every process, so that mixed files are uniform.
+    total = sum(plan.values())
+    n_blocks = max(1, -(-total // block_size))
+    with uproot.recreate(os.fspath(path)) as f:
+        for b in range(n_blocks):
+            parts = []
+            for p in processes:
+                lo = plan[p] * b // n_blocks
+                hi = plan[p] * (b + 1) // n_blocks
+                if hi > lo:
+                    parts.append(generate_events(p, hi - lo, rng, cfg, first_event=written, is_data=is_data))
+                    written += len(parts[-1]["run"])
+            if not parts:
+                continue
+            cols = _concat(parts)
+            if tree is None:
+                types = {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in cols.items()}
+                tree = f.mktree("Events", types)
+            tree.extend(cols)
+    return {"n_written": written, "n_candidates": plan, "path": os.fspath(path)}

@@ -1,0 +1,312 @@
+"""Turn the template processor's output into an HDF5 workspace (through :mod:`wfit.workspace`).
+
+The signal-region channel has axes (eta, pT, charge). Processes:
+
+* signal: one process per W component (``Wplus_y0_L`` ...), a parameter of interest ``mu`` (the
+  signal strength relative to the template normalisation); components with no selected events are
+  left out and listed in the returned summary;
+* backgrounds: MC datasets grouped by :attr:`Sample.process`, the signal datasets' events without
+  a generator W -> l nu (``{dataset}_unmatched``) and, with ``fakes=True``, a data-driven ``Fakes``
+  estimate (:func:`fake_estimate`);
+* data: the sum of the data datasets, or pseudo-data: the Asimov sum of all processes
+  (``pseudo_data="asimov"``) or a Poisson fluctuation of it (``pseudo_data=<seed>``).
+
+MC templates are normalised by ``xsec * lumi / sumw_sign`` (the histograms are filled with
+sign(genWeight); see :mod:`wfit.processors.processor`). Systematics:
+
+* ``lumi``: lnN ``1 + config.lumi_uncertainty`` on every MC process;
+* ``effStat_eta{g}``: the ``effStat`` variation restricted to eta group ``g`` (``config.eff_groups``
+  nuisances, see :mod:`wfit.processors.systematics`);
+* ``X`` from ``XUp``/``XDown`` pairs; ``pdf{i}`` and ``muonResolution_eta{r}`` (one-sided) mirrored;
+* ``fakeNorm``: lnN 1.3 on the fake estimate.
+
+Example:
+    >>> from wfit.processors.workspace_builder import Sample
+    >>> Sample("signal", xsec=20000.0).kind
+    'signal'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import hist
+import numpy as np
+
+from .config import TemplateConfig
+
+__all__ = ["Sample", "build_workspace", "fake_estimate", "process_templates"]
+
+_GROUPS = (
+    (re.compile(r"^effStat"), "eff"),
+    (re.compile(r"^QCDscale"), "QCDscale"),
+    (re.compile(r"^pdf\d+$"), "pdf"),
+    (re.compile(r"^pileup$"), "pileup"),
+    (re.compile(r"^prefire$"), "prefire"),
+    (re.compile(r"^muon(Scale|Resolution)"), "muon"),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a dataset of the processor output is.
+
+    Attributes:
+        kind: ``"signal"`` (W MC split into components), ``"background"`` (MC) or ``"data"``.
+        xsec: Cross section in pb (MC).
+        process: Background process name (datasets with the same name are summed); default: the dataset.
+    """
+
+    kind: Literal["signal", "background", "data"]
+    xsec: float = 1.0
+    process: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("signal", "background", "data"):
+            raise ValueError(f"Sample.kind must be 'signal', 'background' or 'data', got {self.kind!r}")
+
+
+def _project(h: hist.Hist) -> hist.Hist:
+    return h.project("eta", "pt", "charge")
+
+
+def _group(name: str) -> str:
+    for pattern, group in _GROUPS:
+        if pattern.search(name):
+            return group
+    return name
+
+
+def process_templates(
+    output: Mapping[str, Any], samples: Mapping[str, Sample], config: TemplateConfig, lumi: float
+) -> tuple[dict[str, dict[str, hist.Hist]], list[str], dict[str, hist.Hist]]:
+    """Normalised signal-region templates per process and variation.
+
+    Returns:
+        ``(templates, signals, data)``: ``templates[process][variation]`` as (eta, pt, charge)
+        histograms scaled to ``lumi`` (``"nominal"`` included), the signal process names in
+        component order, and the data histograms per data dataset.
+    """
+    templates: dict[str, dict[str, hist.Hist]] = {}
+    data: dict[str, hist.Hist] = {}
+    names = config.component_names
+    for ds, sample in samples.items():
+        if ds not in output:
+            raise KeyError(
+                f"dataset {ds!r} is not in the processor output (has {sorted(output)}); "
+                "process its files or remove it from samples"
+            )
+        res = output[ds]
+        kinds = set(res["kind"])
+        hs = res["templates_syst"]
+        if sample.kind == "data":
+            if kinds != {"data"}:
+                raise ValueError(f"dataset {ds!r} is declared data but its files are {sorted(kinds)}")
+            data[ds] = _project(hs[{"syst": "nominal", "component": 0}])
+            continue
+        if "data" in kinds:
+            raise ValueError(f"dataset {ds!r} is declared {sample.kind} but has data files (no genWeight)")
+        if sample.kind == "signal" and kinds != {"signal"}:
+            raise ValueError(
+                f"dataset {ds!r} is declared signal: pass it in WTemplateProcessor(signal_datasets=...)"
+            )
+        sumw = float(res["sumw_sign"])
+        if sumw <= 0:
+            raise ValueError(
+                f"dataset {ds!r}: the sum of sign(genWeight) is {sumw}; it needs processed MC events"
+            )
+        scale = sample.xsec * lumi / sumw
+        systs = list(hs.axes["syst"])
+        if sample.kind == "signal":
+            comps = [(c, names[c]) for c in range(config.n_components)]
+            comps.append((config.unmatched_component, f"{ds}_unmatched"))
+        else:
+            comps = [(0, sample.process or ds)]
+        for c, proc in comps:
+            target = templates.setdefault(proc, {})
+            for s in systs:
+                h = _project(hs[{"syst": s, "component": c}]) * scale
+                target[s] = target[s] + h if s in target else h
+    signals = [n for n in names if n in templates]
+    return templates, signals, data
+
+
+def fake_estimate(
+    output: Mapping[str, Any], samples: Mapping[str, Sample], config: TemplateConfig, lumi: float
+) -> hist.Hist:
+    """Data-driven estimate of non-prompt leptons in the signal region (ABCD with a fake rate).
+
+    With A the signal region (mT >= mT_SR, iso < iso_SR), B (mT >= mT_SR, iso >= iso_SR),
+    C (lowest mT bin, iso < iso_SR) and D (lowest mT bin, iso >= iso_SR), and prompt MC subtracted in
+    each region: ``A(eta, pT, q) = B(eta, pT, q) x C(eta, q) / D(eta, q)`` (fake rate integrated
+    over pT); negative bins are set to zero. Variances: those of B scaled by the fake rate squared.
+    """
+    mt_sr, iso_sr = config.signal_region
+
+    def regions(h: hist.Hist, scale: float, comps: Any) -> dict[str, np.ndarray]:
+        hh = h[{"component": comps}] if comps is not None else h
+        v = hh.values()
+        var = hh.variances()
+        mt = np.asarray(hh.axes["mt"].edges)
+        iso = np.asarray(hh.axes["iso"].edges)
+        i_sr = int(np.searchsorted(mt, mt_sr))
+        j_sr = int(np.searchsorted(iso, iso_sr))
+        # axes: (mt, iso, charge, eta, pt)
+        out = {
+            "B": v[i_sr:, j_sr:].sum(axis=(0, 1)),
+            "C": v[0, :j_sr].sum(axis=0),
+            "D": v[0, j_sr:].sum(axis=0),
+            "varB": var[i_sr:, j_sr:].sum(axis=(0, 1)),
+        }
+        return {k: x * (scale if not k.startswith("var") else scale**2) for k, x in out.items()}
+
+    total: dict[str, np.ndarray] = {}
+    any_data = False
+    axes_src = None
+    for ds, sample in samples.items():
+        h = output[ds]["templates"]
+        axes_src = h
+        if sample.kind == "data":
+            r = regions(h, 1.0, sum)
+            sign = 1.0
+            any_data = True
+        else:
+            scale = sample.xsec * lumi / float(output[ds]["sumw_sign"])
+            r = regions(h, scale, sum)
+            sign = -1.0
+        for k, x in r.items():
+            total[k] = total.get(k, 0.0) + (x if k.startswith("var") else sign * x)
+    if not any_data or axes_src is None:
+        raise ValueError("fake_estimate needs at least one data dataset (Sample(kind='data'))")
+    c_rate = total["C"].sum(axis=-1, keepdims=True)  # integrate pT: (charge, eta, 1)
+    d_rate = total["D"].sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fr = np.where(d_rate > 0, np.clip(c_rate, 0.0, None) / d_rate, 0.0)
+    values = np.clip(total["B"] * fr, 0.0, None)
+    variances = total["varB"] * fr**2
+    ax = axes_src.axes
+    out = hist.Hist(ax["charge"], ax["eta"], ax["pt"], storage=hist.storage.Weight())
+    view = out.view()
+    view.value[...] = values
+    view.variance[...] = variances
+    return _project(out)
+
+
+def build_workspace(
+    output: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    samples: Mapping[str, Sample],
+    config: TemplateConfig | None = None,
+    lumi: float,
+    systematics: bool | Collection[str] = True,
+    pseudo_data: Literal["asimov"] | int = "asimov",
+    fakes: bool = False,
+    channel: str = "mu_sr",
+) -> dict[str, Any]:
+    """Write a workspace from the processor output.
+
+    Args:
+        output: ``{dataset: ...}`` from :class:`~wfit.processors.processor.WTemplateProcessor`.
+        path: Output HDF5 file.
+        samples: What each dataset is (datasets not listed are ignored).
+        config: The processor's configuration (binning, component names, lumi uncertainty).
+        lumi: Integrated luminosity in 1/pb.
+        systematics: ``True`` for all, ``False`` for none but ``lumi``, or the nuisance groups to keep
+            (``"lumi"``, ``"eff"``, ``"QCDscale"``, ``"pdf"``, ``"pileup"``, ``"prefire"``, ``"muon"``).
+        pseudo_data: Used when there is no data dataset: ``"asimov"`` or an integer seed for Poisson
+            pseudo-data.
+        fakes: Add the data-driven fake estimate (needs data).
+        channel: Channel name.
+
+    Returns:
+        A summary: ``signals``, ``backgrounds``, ``missing_signals`` (components without events),
+        ``systematics`` and ``yields`` (expected events per process).
+    """
+    from wfit.workspace import WorkspaceWriter
+
+    cfg = config or TemplateConfig()
+    templates, signals, data = process_templates(output, samples, cfg, lumi)
+    keep_all = systematics is True
+    groups_kept = set() if systematics is False else (None if keep_all else set(systematics))
+
+    def wanted(group: str) -> bool:
+        return groups_kept is None or group in groups_kept
+
+    backgrounds = [p for p in templates if p not in cfg.component_names]
+    missing = [
+        n for n in cfg.component_names if n not in templates or templates[n]["nominal"].sum().value <= 0
+    ]
+    signals = [s for s in signals if s not in missing]
+    backgrounds = [b for b in backgrounds if templates[b]["nominal"].sum().value > 0]
+    fake_hist = fake_estimate(output, samples, cfg, lumi) if fakes else None
+
+    any_hist = next(iter(templates.values()))["nominal"]
+    w = WorkspaceWriter()
+    w.add_channel(channel, list(any_hist.axes))
+    yields: dict[str, float] = {}
+    for p in signals + backgrounds:
+        w.add_process(p, channel, templates[p]["nominal"], signal=p in signals)
+        yields[p] = float(templates[p]["nominal"].sum().value)
+    if fake_hist is not None:
+        w.add_process("Fakes", channel, fake_hist)
+        yields["Fakes"] = float(fake_hist.sum().value)
+        w.add_norm_systematic("fakeNorm", ["Fakes"], channel, 1.3, groups=["fakes"])
+
+    booked: set[str] = set()
+    eg = cfg.eff_group_size
+    for p in signals + backgrounds:
+        hs = templates[p]
+        nom = hs["nominal"]
+        for s in hs:
+            if s == "nominal" or s.endswith("Down") or s.startswith("effStat"):
+                continue
+            base = s[:-2] if s.endswith("Up") else s
+            group = _group(base)
+            if not wanted(group):
+                continue
+            down = hs.get(base + "Down") if s.endswith("Up") else None
+            w.add_shape_systematic(base, p, channel, hs[s], down, groups=[group])
+            booked.add(base)
+        if wanted("eff") and "effStatUp" in hs and "effStatDown" in hs:
+            for g in range(cfg.eff_groups):
+                sl = slice(g * eg, (g + 1) * eg)
+                up, down = nom.copy(), nom.copy()
+                up.view()[sl] = hs["effStatUp"].view()[sl]
+                down.view()[sl] = hs["effStatDown"].view()[sl]
+                w.add_shape_systematic(f"effStat_eta{g}", p, channel, up, down, groups=["eff"])
+                booked.add(f"effStat_eta{g}")
+    if groups_kept is None or systematics is False or "lumi" in groups_kept:
+        w.add_norm_systematic(
+            "lumi", signals + backgrounds, channel, 1.0 + cfg.lumi_uncertainty, groups=["lumi"]
+        )
+        booked.add("lumi")
+
+    if data:
+        obs = sum(data.values())
+    else:
+        asimov = sum(templates[p]["nominal"] for p in signals + backgrounds)
+        if fake_hist is not None:
+            asimov = asimov + fake_hist
+        if pseudo_data == "asimov":
+            obs = asimov
+        else:
+            rng = np.random.default_rng(int(pseudo_data))
+            obs = asimov.copy()
+            counts = rng.poisson(np.clip(asimov.values(), 0.0, None)).astype(np.float64)
+            obs.view().value[...] = counts
+            obs.view().variance[...] = counts
+    w.add_data(channel, obs)
+    w.write(path)
+    return {
+        "signals": signals,
+        "backgrounds": backgrounds + (["Fakes"] if fake_hist is not None else []),
+        "missing_signals": missing,
+        "systematics": sorted(booked),
+        "yields": yields,
+        "data": float(obs.sum().value),
+    }
