@@ -1,0 +1,505 @@
+"""The one definition of the jet calibration model's inputs (numpy and awkward only).
+
+Training (:mod:`wfit.calib.train`) and inference (the ONNX loader here and the coffea processor in
+``wfit.processors``) all build model inputs with :func:`build_inputs`, so the two cannot drift apart.
+
+Input: a mapping from feature (branch) name to an array, one entry per jet:
+
+* jet-level features (``pt``, ``eta``, ``phi``, ``area``, ``rho``, ``num_pv``, ...): 1-d numpy or
+  awkward arrays;
+* constituent features (``ch_pt``, ``ch_eta``, ``ne_id``, ``sv_mass``, ...): jagged awkward arrays
+  (``var * number``), all fields of one constituent type with the same counts. Option types (from coffea
+  cross-references) are accepted: missing entries are dropped.
+
+Derived features, computed on the fly from the constituent's and the jet's kinematics (pT in GeV):
+
+* ``<t>_rel_pt = <t>_pt / pt``;
+* ``<t>_deta = (<t>_eta - eta) * sign(eta)``, with sign(0) = +1: positive away from the beam line's centre,
+  so that the two endcaps look alike (ml-jec's convention);
+* ``<t>_dphi = <t>_phi - phi`` wrapped to [-pi, pi).
+
+Output (the model's named inputs):
+
+* ``jet_numerical``: float32 ``(n_jets, n_jet_features)``;
+* one int32 ``(n_jets,)`` array per jet-level categorical feature (embedding index);
+* per constituent type ``t``: ``<t>_numerical`` float32 ``(n_jets, m, n_features)``, ``<t>_mask`` float32
+  ``(n_jets, m)`` (1 for a real constituent, 0 for padding) and one int32 ``(n_jets, m)`` array per
+  categorical feature, where ``m`` is the largest constituent count in the batch capped at the type's
+  ``max_count`` (at least 1). Jets with more constituents keep the first ``max_count`` as given (ml-jec's
+  shards are ordered by decreasing pT; sort NanoAOD candidates the same way). Padding is filled with zeros,
+  never NaN: tf2onnx turns masking into arithmetic, and NaN times zero is NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from .transform import Transform, TransformError
+
+__all__ = [
+    "CONSTITUENT_TYPES",
+    "DERIVED_FEATURES",
+    "ConstituentSpec",
+    "FeatureError",
+    "FeatureSpec",
+    "build_inputs",
+    "chunks",
+    "derived_feature",
+    "feature_columns",
+    "pad_constituents",
+    "target",
+    "wrap_phi",
+]
+
+#: Constituent types of ml-jec's data: charged and neutral particle-flow candidates, secondary vertices.
+CONSTITUENT_TYPES = ("ch", "ne", "sv")
+
+_DERIVED = {"rel_pt": ("pt", "pt"), "deta": ("eta", "eta"), "dphi": ("phi", "phi")}
+
+#: Names of the features computed on the fly (``<type>_rel_pt``, ``<type>_deta``, ``<type>_dphi``).
+DERIVED_FEATURES = frozenset(f"{t}_{d}" for t in CONSTITUENT_TYPES for d in _DERIVED)
+
+
+class FeatureError(ValueError):
+    """The inputs do not match the feature specification."""
+
+
+def derived_feature(name: str) -> tuple[str, str] | None:
+    """The (constituent branch, jet branch) a derived feature is computed from, or None if not derived.
+
+    Example:
+        >>> derived_feature("ch_rel_pt")
+        ('ch_pt', 'pt')
+    """
+    prefix, _, kind = name.partition("_")
+    if kind in _DERIVED:
+        constituent, jet = _DERIVED[kind]
+        return f"{prefix}_{constituent}", jet
+    return None
+
+
+def wrap_phi(dphi: np.ndarray) -> np.ndarray:
+    """Wrap an azimuthal difference (radians) to [-pi, pi).
+
+    Example:
+        >>> float(wrap_phi(np.array([3.5]))[0]) == 3.5 - 2 * np.pi
+        True
+    """
+    return np.remainder(np.asarray(dphi) + np.pi, 2 * np.pi) - np.pi
+
+
+@dataclass(frozen=True)
+class ConstituentSpec:
+    """Inputs from one constituent type.
+
+    Attributes:
+        name: Type prefix, e.g. ``"ch"``; every feature name starts with ``"<name>_"``.
+        numerical: Numerical features, in the order of the last axis of ``<name>_numerical``.
+        categorical: Categorical features, each an input of its own.
+        max_count: Cap on the padded constituent axis.
+    """
+
+    name: str
+    numerical: tuple[str, ...]
+    categorical: tuple[str, ...] = ()
+    max_count: int = 64
+
+    @property
+    def branches(self) -> list[str]:
+        """Constituent branches needed to compute this type's features."""
+        out = []
+        for feature in (*self.numerical, *self.categorical):
+            base = derived_feature(feature)
+            out.append(base[0] if base else feature)
+        return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features feed the model, how they are transformed and padded.
+
+    Attributes:
+        jet_numerical: Jet-level numerical features, in the order of ``jet_numerical``'s columns.
+        jet_categorical: Jet-level categorical features.
+        constituents: One entry per constituent type (may be empty: a jet-level model).
+        transform: Preprocessing of every feature above.
+    """
+
+    jet_numerical: tuple[str, ...]
+    jet_categorical: tuple[str, ...] = ()
+    constituents: tuple[ConstituentSpec, ...] = ()
+    transform: Transform = field(default_factory=Transform)
+
+    def __post_init__(self) -> None:
+        src = self.transform.source
+        if not self.jet_numerical:
+            raise FeatureError("features.jet.numerical: at least one jet-level numerical feature is needed")
+        for name in self.jet_numerical:
+            if name not in self.transform.numerical:
+                raise TransformError(
+                    f"{src}: numerical.{name} is missing but the model uses {name!r}; add a chain for it"
+                )
+        for name in self.jet_categorical:
+            if name not in self.transform.categorical:
+                raise TransformError(
+                    f"{src}: categorical.{name} is missing but the model uses {name!r}; list its values"
+                )
+        seen = set()
+        for c in self.constituents:
+            if c.name in seen:
+                raise FeatureError(f"features.constituents: type {c.name!r} appears twice")
+            seen.add(c.name)
+            if c.max_count < 1:
+                raise FeatureError(
+                    f"features.constituents.{c.name}.max_count must be >= 1, got {c.max_count}"
+                )
+            if not c.numerical:
+                raise FeatureError(
+                    f"features.constituents.{c.name}.numerical: at least one feature is needed"
+                )
+            for name in (*c.numerical, *c.categorical):
+                if not name.startswith(c.name + "_"):
+                    raise FeatureError(
+                        f"features.constituents.{c.name}: feature {name!r} must start with {c.name + '_'!r}"
+                    )
+            for name in c.numerical:
+                if name not in self.transform.numerical:
+                    raise TransformError(
+                        f"{src}: numerical.{name} is missing but the model uses {name!r}; add a chain for it "
+                        "(wfit.calib.build_transform builds one from data)"
+                    )
+            for name in c.categorical:
+                if name not in self.transform.categorical:
+                    raise TransformError(
+                        f"{src}: categorical.{name} is missing but the model uses {name!r}; list its values"
+                    )
+
+    @property
+    def branches(self) -> list[str]:
+        """All branches to read to build the inputs (jet kinematics for derived features included)."""
+        out = list(self.jet_numerical) + list(self.jet_categorical)
+        for c in self.constituents:
+            out += c.branches
+            for feature in (*c.numerical, *c.categorical):
+                base = derived_feature(feature)
+                if base:
+                    out.append(base[1])
+        return list(dict.fromkeys(out))
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the model inputs, in a fixed order."""
+        names = ["jet_numerical", *self.jet_categorical]
+        for c in self.constituents:
+            names += [f"{c.name}_numerical", f"{c.name}_mask", *c.categorical]
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/YAML-ready mapping, the inverse of :meth:`from_dict`."""
+        return {
+            "jet": {"numerical": list(self.jet_numerical), "categorical": list(self.jet_categorical)},
+            "constituents": {
+                c.name: {
+                    "numerical": list(c.numerical),
+                    "categorical": list(c.categorical),
+                    "max_count": c.max_count,
+                }
+                for c in self.constituents
+            },
+            "transform": self.transform.to_dict(),
+        }
+
+    @classmethod
+    def from_config(
+        cls, features: Mapping[str, Any], transform: Transform, source: str = "<config>"
+    ) -> FeatureSpec:
+        """Build from the ``features`` section of a calibration config and a transform.
+
+        Args:
+            features: ``{jet: {numerical, categorical}, constituents: {<type>: {numerical, categorical,
+                max_count}}}``.
+            transform: Preprocessing for the features.
+            source: File the section came from, for error messages.
+        """
+        _check_keys(features, {"jet", "constituents"}, f"{source}: features")
+        jet = features.get("jet") or {}
+        _check_keys(jet, {"numerical", "categorical"}, f"{source}: features.jet")
+        constituents = []
+        for name, c in (features.get("constituents") or {}).items():
+            _check_keys(
+                c, {"numerical", "categorical", "max_count"}, f"{source}: features.constituents.{name}"
+            )
+            constituents.append(
+                ConstituentSpec(
+                    name=str(name),
+                    numerical=tuple(c.get("numerical") or ()),
+                    categorical=tuple(c.get("categorical") or ()),
+                    max_count=int(c.get("max_count", 64)),
+                )
+            )
+        return cls(
+            jet_numerical=tuple(jet.get("numerical") or ()),
+            jet_categorical=tuple(jet.get("categorical") or ()),
+            constituents=tuple(constituents),
+            transform=transform,
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<feature spec>") -> FeatureSpec:
+        """Rebuild from :meth:`to_dict`'s output (e.g. read from ONNX metadata)."""
+        _check_keys(data, {"jet", "constituents", "transform"}, source)
+        transform = Transform.from_dict(data["transform"], source=f"{source}: transform")
+        return cls.from_config(
+            {"jet": data["jet"], "constituents": data["constituents"]}, transform, source=source
+        )
+
+
+def _check_keys(section: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(section, Mapping):
+        raise FeatureError(f"{where}: expected a mapping, got {type(section).__name__}")
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise FeatureError(f"{where}: unknown key(s) {unknown}; allowed are {sorted(allowed)}")
+
+
+def _jet_column(arrays: Mapping[str, Any], name: str) -> np.ndarray:
+    if name not in arrays:
+        raise FeatureError(f"jet feature {name!r} is missing from the inputs; provide the branch {name!r}")
+    x = arrays[name]
+    if isinstance(x, ak.Array):
+        if x.ndim != 1:
+            raise FeatureError(f"jet feature {name!r} must be one value per jet, got type {x.type}")
+        x = ak.to_numpy(x)
+    return np.asarray(x)
+
+
+def _flat_offsets(arrays: Mapping[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flat content and offsets (length n_jets + 1, starting at 0) of a jagged constituent field.
+
+    The common layout (a list-offset array of numbers, as uproot and ak.unflatten give) is read without
+    copies; anything else (option types, indexed or sliced layouts) goes through ``ak.flatten``.
+    """
+    if name not in arrays:
+        raise FeatureError(
+            f"constituent feature {name!r} is missing from the inputs; provide the jagged branch {name!r}"
+        )
+    x = arrays[name]
+    layout = x.layout if isinstance(x, ak.Array) else ak.to_layout(x)
+    if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        flat = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
+        return flat, offsets - offsets[0]
+    x = ak.Array(layout)
+    if x.ndim != 2:
+        raise FeatureError(f"constituent feature {name!r} must be jagged (n_jets * var), got type {x.type}")
+    if isinstance(
+        x.layout,
+        ak.contents.IndexedOptionArray
+        | ak.contents.ByteMaskedArray
+        | ak.contents.BitMaskedArray
+        | ak.contents.UnmaskedArray,
+    ):
+        raise FeatureError(f"constituent feature {name!r}: a missing jet (None) is not allowed")
+    x = ak.drop_none(x, axis=1)
+    counts = ak.to_numpy(ak.num(x, axis=1)).astype(np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return ak.to_numpy(ak.flatten(x, axis=1)), offsets
+
+
+def _flat_counts(arrays: Mapping[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flat content and per-jet counts of a jagged constituent field."""
+    flat, offsets = _flat_offsets(arrays, name)
+    return flat, np.diff(offsets)
+
+
+class _Scatter:
+    """Where each flat constituent goes in a zero-padded ``(n_jets * m)`` buffer (computed once per type)."""
+
+    def __init__(self, offsets: np.ndarray, max_count: int) -> None:
+        counts = np.diff(offsets)
+        self.n = len(counts)
+        self.m = max(1, min(int(counts.max(initial=0)), int(max_count)))
+        total = int(offsets[-1])
+        # target = jet * m + (index within the jet) = arange(total) + repeat(jet * m - start, counts)
+        target = np.arange(total, dtype=np.int64)
+        target += np.repeat(np.arange(self.n, dtype=np.int64) * self.m - offsets[:-1], counts)
+        self.keep = None
+        if total and counts.max() > self.m:
+            self.keep = (target - np.repeat(np.arange(self.n, dtype=np.int64) * self.m, counts)) < self.m
+            target = target[self.keep]
+        self.target = target
+
+    def __call__(self, columns: Sequence[np.ndarray], dtype: Any) -> np.ndarray:
+        out = np.zeros((self.n * self.m, len(columns)), dtype=dtype)
+        for j, column in enumerate(columns):
+            out[self.target, j] = column if self.keep is None else column[self.keep]
+        return out.reshape(self.n, self.m, len(columns))
+
+    def mask(self) -> np.ndarray:
+        mask = np.zeros(self.n * self.m, dtype=np.float32)
+        mask[self.target] = 1.0
+        return mask.reshape(self.n, self.m)
+
+
+def pad_constituents(
+    columns: Sequence[np.ndarray], counts: np.ndarray, max_count: int, dtype: Any = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scatter flat constituent columns into a zero-padded ``(n_jets, m, n_columns)`` array.
+
+    Args:
+        columns: Flat arrays (all constituents of all jets, jet after jet), one per feature.
+        counts: Constituents per jet.
+        max_count: Cap ``m`` is ``min(max(counts), max_count)``, at least 1.
+        dtype: Output dtype.
+
+    Returns:
+        The padded array and the float32 mask ``(n_jets, m)``.
+
+    Example:
+        >>> x, mask = pad_constituents([np.array([1.0, 2.0, 3.0])], np.array([2, 0, 1]), 8)
+        >>> x[..., 0].tolist(), mask.tolist()
+        ([[1.0, 2.0], [0.0, 0.0], [3.0, 0.0]], [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    scatter = _Scatter(offsets, max_count)
+    return scatter(columns, dtype), scatter.mask()
+
+
+def _check_finite(name: str, values: np.ndarray) -> np.ndarray:
+    if not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise FeatureError(
+            f"feature {name!r}: {bad} value(s) are NaN or infinite after its transform chain "
+            "(e.g. log of 0); "
+            "fix the input or the chain in transform.yaml"
+        )
+    return values
+
+
+def _derive(name: str, constituent: np.ndarray, jet: np.ndarray) -> np.ndarray:
+    """Compute derived feature ``name`` from flat constituent values and the jet's value repeated per
+    constituent (float64)."""
+    x = np.asarray(constituent, dtype=np.float64)
+    kind = name.partition("_")[2]
+    if kind == "rel_pt":
+        return x / jet
+    if kind == "deta":
+        return (x - jet) * np.where(jet < 0, -1.0, 1.0)
+    if kind == "dphi":
+        return wrap_phi(x - jet)
+    raise FeatureError(f"{name!r} is not a derived feature")  # pragma: no cover
+
+
+def feature_columns(arrays: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Raw (untransformed) values of features: per jet, or flat over all constituents.
+
+    Derived features are computed as in :func:`build_inputs`; this is the input that
+    :func:`wfit.calib.build_transform` takes to fit its linear steps.
+
+    Args:
+        arrays: Feature arrays keyed by branch name, as :func:`build_inputs` takes.
+        names: Features wanted (branches or derived features).
+    """
+    out = {}
+    for name in names:
+        base = derived_feature(name)
+        if base is not None:
+            flat, counts = _flat_counts(arrays, base[0])
+            out[name] = _derive(
+                name, flat, np.repeat(_jet_column(arrays, base[1]).astype(np.float64), counts)
+            )
+        elif name in arrays and isinstance(arrays[name], ak.Array) and arrays[name].ndim == 2:
+            out[name] = _flat_counts(arrays, name)[0]
+        else:
+            out[name] = _jet_column(arrays, name)
+    return out
+
+
+def build_inputs(arrays: Mapping[str, Any], spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Turn jets and their constituents into the model's named inputs.
+
+    Args:
+        arrays: Feature arrays keyed by branch name (see the module docstring); pT in GeV, angles in
+            radians. Only ``spec.branches`` are read.
+        spec: The feature specification (features, transform, padding caps).
+
+    Returns:
+        The model inputs keyed by :attr:`FeatureSpec.input_names`.
+
+    Raises:
+        FeatureError: A branch is missing, the counts of one constituent type disagree, or a transformed
+            value is not finite.
+    """
+    tr = spec.transform
+    jet_cols = [_check_finite(n, tr.apply(n, _jet_column(arrays, n))) for n in spec.jet_numerical]
+    inputs: dict[str, np.ndarray] = {"jet_numerical": np.stack(jet_cols, axis=1)}
+    n_jets = len(jet_cols[0])
+    for name in spec.jet_categorical:
+        inputs[name] = tr.index(name, _jet_column(arrays, name))
+
+    jet_cache: dict[str, np.ndarray] = {}
+    for c in spec.constituents:
+        flats: dict[str, np.ndarray] = {}
+        offsets = None
+        for branch in c.branches:
+            flat, off = _flat_offsets(arrays, branch)
+            if offsets is None:
+                offsets = off
+            elif not np.array_equal(offsets, off):
+                raise FeatureError(
+                    f"constituent branches {c.branches[0]!r} and {branch!r} have different counts per jet; "
+                    f"all {c.name}_* fields must describe the same constituents"
+                )
+            flats[branch] = flat
+        if len(offsets) - 1 != n_jets:
+            raise FeatureError(
+                f"{c.name}_* fields have {len(offsets) - 1} jets but {spec.jet_numerical[0]!r} has {n_jets}"
+            )
+        counts = np.diff(offsets)
+        repeated: dict[str, np.ndarray] = {}  # jet value per constituent, for derived features
+
+        def per_constituent(jet_branch: str, counts: np.ndarray = counts, repeated: dict = repeated) -> Any:
+            if jet_branch not in repeated:
+                if jet_branch not in jet_cache:
+                    jet_cache[jet_branch] = _jet_column(arrays, jet_branch).astype(np.float64)
+                repeated[jet_branch] = np.repeat(jet_cache[jet_branch], counts)
+            return repeated[jet_branch]
+
+        numerical = []
+        for feature in c.numerical:
+            base = derived_feature(feature)
+            if base is None:
+                raw = flats[feature]
+            else:
+                raw = _derive(feature, flats[base[0]], per_constituent(base[1]))
+            numerical.append(_check_finite(feature, tr.apply(feature, raw)))
+        scatter = _Scatter(offsets, c.max_count)
+        inputs[f"{c.name}_numerical"] = scatter(numerical, np.float32)
+        inputs[f"{c.name}_mask"] = scatter.mask()
+        for feature in c.categorical:
+            inputs[feature] = scatter([tr.index(feature, flats[feature])], np.int32)[..., 0]
+    return inputs
+
+
+def target(arrays: Mapping[str, Any]) -> np.ndarray:
+    """Regression target ``log(pt_gen / pt)`` (float32, per jet)."""
+    pt_gen = _jet_column(arrays, "pt_gen").astype(np.float64)
+    pt = _jet_column(arrays, "pt").astype(np.float64)
+    return np.log(pt_gen / pt).astype(np.float32)
+
+
+def chunks(arrays: Mapping[str, Any], size: int) -> Iterator[dict[str, Any]]:
+    """Slice a mapping of per-jet arrays into consecutive chunks of at most ``size`` jets."""
+    if not arrays:
+        return
+    n = len(next(iter(arrays.values())))
+    for start in range(0, n, size):
+        yield {k: v[start : start + size] for k, v in arrays.items()}
