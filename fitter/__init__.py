@@ -3,6 +3,9 @@
 Public API (imported lazily, so that ``import wfit.fitter`` is cheap and never imports coffea)::
 
     from wfit.fitter import fit_workspace, Likelihood, fit, FitResult, read_result, FitStatus
+    from wfit.fitter import impacts, scan, scan2d, run_toys, goodness_of_fit
+    from wfit.fitter.derived import masked_channel, normalized, asymmetry, summed  # cross sections
+    from wfit.fitter.plots import plot_all
 
 The POIs are signal strengths mu (not sqrt(mu)), one per signal process; the NLL has Poisson
 terms with the saturated offset, Gaussian constraints on log-normal nuisances, and Barlow-Beeston
@@ -14,7 +17,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["FitResult", "FitStatus", "Likelihood", "fit", "fit_workspace", "read_result"]
+__all__ = [
+    "FitResult",
+    "FitStatus",
+    "Likelihood",
+    "fit",
+    "fit_workspace",
+    "goodness_of_fit",
+    "impacts",
+    "read_result",
+    "run_toys",
+    "scan",
+    "scan2d",
+]
 
 _WHERE = {
     "FitResult": "wfit.fitter.result",
@@ -23,6 +38,11 @@ _WHERE = {
     "Likelihood": "wfit.fitter.likelihood",
     "fit": "wfit.fitter.fitting",
     "fit_workspace": "wfit.fitter.fitting",
+    "impacts": "wfit.fitter.impacts",
+    "scan": "wfit.fitter.scan",
+    "scan2d": "wfit.fitter.scan",
+    "run_toys": "wfit.fitter.toys",
+    "goodness_of_fit": "wfit.fitter.toys",
 }
 
 

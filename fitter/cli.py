@@ -4,6 +4,7 @@ Usage::
 
     wfit fit WORKSPACE [-o RESULT.hdf5] [--asimov] [--no-bb-lite] [--device cpu|gpu]
                        [--tol 1e-10] [--seed 0] [--poi-nonnegative] [--trust-pickle]
+                       [--impacts] [--scan PARAM ...] [--plots DIR]
 
 Exit codes: 0 converged; 1 the fit did not converge (status printed); 2 bad input or options.
 """
@@ -58,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--max-nuisances", type=int, default=10, help="nuisances shown in the summary (default 10)"
     )
+    f.add_argument("--impacts", action="store_true", help="compute per-nuisance and grouped impacts on the POIs")
+    f.add_argument("--scan", action="append", default=[], metavar="PARAM",
+                   help="1-D profile likelihood scan of PARAM (repeatable)")
+    f.add_argument("--plots", metavar="DIR", default=None,
+                   help="write post-fit plots (pulls, correlations, pre/post-fit templates, impacts) to DIR")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -112,14 +118,53 @@ def _fit(args: argparse.Namespace) -> int:
         ll, tol=args.tol, max_iter=args.max_iter, poi_nonnegative=args.poi_nonnegative, callback=progress
     )
     result.options.update({"asimov": args.asimov, "seed": args.seed})
+    print(result.summary(max_nuisances=args.max_nuisances))
+    if result.ok:
+        _post_fit(args, ll, result, log)
     result.timings["total"] = time.perf_counter() - t0
     result.write(out)
-    print(result.summary(max_nuisances=args.max_nuisances))
     print(f"result written to {out}  ({result.timings['total']:.1f} s)")
     if not result.ok:
         print(f"wfit: the fit did not converge: {result.status.describe()}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
     return EXIT_OK
+
+
+def _post_fit(args: argparse.Namespace, ll, result, log) -> None:
+    """Goodness of fit, and on request impacts, scans and plots; stored in ``result.extra``."""
+    import numpy as np
+
+    from wfit.fitter.toys import goodness_of_fit
+
+    gof = goodness_of_fit(ll, result)
+    result.extra["gof"] = np.array([gof.chi2, gof.ndf, gof.p_value])
+    print(f"saturated goodness of fit: chi2 = {gof.chi2:.2f} for {gof.ndf} degrees of freedom, "
+          f"p-value = {gof.p_value:.3f}")
+    imp = None
+    if args.impacts or args.plots:
+        from wfit.fitter.impacts import impacts
+
+        t = time.perf_counter()
+        imp = impacts(ll, result)
+        result.extra.update({"impacts": imp.values, "impacts_grouped": imp.grouped,
+                             "impact_groups": np.array(imp.groups)})
+        result.timings["impacts"] = time.perf_counter() - t
+        for poi in imp.pois[:3]:
+            top = ", ".join(f"{n} {v:+.3g}" for n, v in imp.ranked(poi, 5))
+            print(f"largest impacts on {poi}: {top}")
+    for param in args.scan:
+        from wfit.fitter.scan import scan
+
+        log(f"wfit: scanning {param}")
+        sc = scan(ll, result, param)
+        lo, hi = sc.interval()
+        result.extra[f"scan_{param}"] = np.column_stack([sc.points[:, 0], sc.q])
+        print(f"profile scan of {param}: 68% interval [{lo:.6g}, {hi:.6g}]")
+    if args.plots:
+        from wfit.fitter.plots import plot_all
+
+        paths = plot_all(ll, result, args.plots, imp)
+        print(f"plots written to {args.plots}: {', '.join(os.path.basename(p) for p in paths)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wfit.fitter._tf import tf, to_tensor
-from wfit.workspace import Workspace, iter_logk_blocks
+from wfit.workspace import CompactBlock, Workspace, iter_compact_blocks
 
 __all__ = ["Likelihood", "alpha_step"]
 
@@ -59,21 +59,22 @@ def alpha_step(theta):
 
 @dataclass(frozen=True)
 class _Block:
-    """Constants for one block of consecutive bins, restricted to the nuisances active in it.
+    """Tensors of one :class:`~wfit.workspace.CompactBlock` (rows: non-zero (bin, process) pairs)."""
 
-    ``cols`` are the nuisances whose log(kappa) is non-zero somewhere in the block (columns of
-    ``a``); ``dcols`` the asymmetric ones among them (positions in the list of asymmetric
-    nuisances, columns of ``d``), and ``dpos`` their positions within ``cols``.
-    """
-
-    b0: int
-    b1: int
-    a: object  # logk average [nb*P, Sk]
-    cols: object  # int64 [Sk]
-    d: object | None  # logk half-difference [nb*P, Sak]
+    nb: int  # bins in the block
+    dense: bool  # rows are all [nb x nproc] pairs, bin-major
+    a: object  # logk average [R, Sk]
+    cols: object  # int64 [Sk]: nuisances of the columns
+    d: object | None  # logk half-difference [R, Sak]
     dcols: object | None  # int64 [Sak] into the asymmetric list
     dsel: object | None  # one-hot [Sak, Sk]: half-difference column -> block column
-    norm: object  # [nb, P]
+    norm: object  # [R]
+    row_bin: object  # int64 [R], relative to the block
+    row_proc: object  # int64 [R]
+    sig_rows: object  # int64 [Rs]: rows of signal processes
+    sig_index: object  # int64 [Rs, 2]: their (bin, POI)
+    b0: int
+    b1: int
 
 
 class Likelihood:
@@ -95,6 +96,9 @@ class Likelihood:
         device: ``"cpu"``, ``"gpu"`` or a TensorFlow device string; ``None`` picks the GPU when
             TensorFlow sees one.
         block_bytes: Target size in bytes of one block of the (uncompacted) log(kappa) tensor.
+        jit_compile: Compile the functions with XLA. ``None`` compiles small models (under 4 MB of
+            log(kappa)), where fusing the many small operations halves the time per call; for large
+            models TensorFlow's own kernels are faster.
 
     Example:
         >>> from wfit.fitter.likelihood import Likelihood
@@ -110,6 +114,7 @@ class Likelihood:
         data: np.ndarray | None = None,
         device: str | None = None,
         block_bytes: int = 8 * 1024**2,
+        jit_compile: bool | None = None,
     ) -> None:
         self.ws = ws
         self.bb_lite = bool(bb_lite)
@@ -128,10 +133,9 @@ class Likelihood:
         with tf.device(self.device):
             row_bytes = 8 * nproc * max(1, nsyst + nasym)
             step = max(1, min(nb, block_bytes // row_bytes))
-            self._blocks = [
-                self._make_block(b0, b1, avg, half)
-                for b0, b1, avg, half in iter_logk_blocks(ws, step, stop=nb)
-            ]
+            self._blocks = [self._make_block(cb) for cb in iter_compact_blocks(ws, step, stop=nb)]
+            # masked channels (generator-level bins for cross sections): not in the NLL
+            self._mblocks = [self._make_block(cb) for cb in iter_compact_blocks(ws, step, start=nb)]
             self._asym_idx = tf.constant(ws.asym_idx.reshape(-1, 1), dtype=tf.int64)
             self._cw = tf.constant(ws.constraint_weights)
             self._theta0 = tf.Variable(np.zeros(nsyst), dtype=tf.float64, trainable=False, name="theta0")
@@ -149,37 +153,41 @@ class Likelihood:
         self.set_data(ws.data_obs if data is None else data)
 
         spec = [tf.TensorSpec([self.nparams], tf.float64)]
-        self._f_nll = tf.function(lambda x: self._evaluate(x, 0), input_signature=spec)
-        self._f_grad = tf.function(lambda x: self._evaluate(x, 1), input_signature=spec)
-        self._f_hess = tf.function(lambda x: self._evaluate(x, 2), input_signature=spec)
+        jit = self.stored_bytes < 4 * 1024**2 if jit_compile is None else bool(jit_compile)
+        self._f_nll = tf.function(lambda x: self._evaluate(x, 0), input_signature=spec, jit_compile=jit)
+        self._f_grad = tf.function(lambda x: self._evaluate(x, 1), input_signature=spec, jit_compile=jit)
+        self._f_hess = tf.function(lambda x: self._evaluate(x, 2), input_signature=spec, jit_compile=jit)
+        self._f_hess_fixed_beta = tf.function(lambda x: self._evaluate(x, 2, profile_bb=False),
+                                              input_signature=spec)
+        self._f_masked = tf.function(lambda x: self._process_yields(x, masked=True), input_signature=spec)
         self._f_yields = tf.function(lambda x: self._yields(x, self.bb_lite), input_signature=spec)
 
-    def _make_block(self, b0: int, b1: int, avg: np.ndarray, half: np.ndarray | None) -> _Block:
-        nrow = (b1 - b0) * self._nproc
-        avg = avg.reshape(nrow, self.nsyst)
-        dcols = np.flatnonzero(np.any(half != 0.0, axis=(0, 1))) if half is not None else np.zeros(0, int)
-        active = np.any(avg != 0.0, axis=0)
-        active[self.ws.asym_idx[dcols]] = True
-        cols = np.flatnonzero(active)
-        a = to_tensor(avg[:, cols], self.device)
-        self.stored_bytes += 8 * nrow * len(cols)
-        d = dsel = dcols_t = None
-        if len(dcols):
-            d = to_tensor(half.reshape(nrow, -1)[:, dcols], self.device)
-            self.stored_bytes += 8 * nrow * len(dcols)
-            onehot = np.zeros((len(dcols), len(cols)))
-            onehot[np.arange(len(dcols)), np.searchsorted(cols, self.ws.asym_idx[dcols])] = 1.0
+    def _make_block(self, cb: CompactBlock) -> _Block:
+        nrow, dev = len(cb.norm), self.device
+        self.stored_bytes += 8 * nrow * (len(cb.cols) + len(cb.dcols))
+        d = dsel = dcols = None
+        if cb.half is not None:
+            d = to_tensor(cb.half, dev)
+            onehot = np.zeros((len(cb.dcols), len(cb.cols)))
+            onehot[np.arange(len(cb.dcols)), np.searchsorted(cb.cols, self.ws.asym_idx[cb.dcols])] = 1.0
             dsel = tf.constant(onehot)
-            dcols_t = tf.constant(dcols, dtype=tf.int64)
+            dcols = tf.constant(cb.dcols, dtype=tf.int64)
+        sig = np.flatnonzero(cb.row_proc < self.npoi)
         return _Block(
-            b0,
-            b1,
-            a,
-            tf.constant(cols, dtype=tf.int64),
-            d,
-            dcols_t,
-            dsel,
-            to_tensor(self.ws.norm[b0:b1], self.device),
+            nb=cb.b1 - cb.b0,
+            dense=cb.dense,
+            a=to_tensor(cb.avg, dev),
+            cols=tf.constant(cb.cols, dtype=tf.int64),
+            d=d,
+            dcols=dcols,
+            dsel=dsel,
+            norm=to_tensor(cb.norm, dev),
+            row_bin=tf.constant(cb.row_bin, dtype=tf.int64),
+            row_proc=tf.constant(cb.row_proc, dtype=tf.int64),
+            sig_rows=tf.constant(sig, dtype=tf.int64),
+            sig_index=tf.constant(np.stack([cb.row_bin[sig], cb.row_proc[sig]], axis=1), dtype=tf.int64),
+            b0=cb.b0,
+            b1=cb.b1,
         )
 
     # ------------------------------------------------------------------------------- state
@@ -236,6 +244,14 @@ class Likelihood:
         f, g, h = self._f_hess(self._x(x))
         return float(f), g.numpy(), h.numpy()
 
+    def hessian_fixed_beta(self, x: np.ndarray) -> np.ndarray:
+        """The Hessian with the BB-lite parameters held at their profiled values (no MC-stat part)."""
+        return self._f_hess_fixed_beta(self._x(x))[2].numpy()
+
+    def masked_yields(self, x: np.ndarray) -> np.ndarray:
+        """Expected yields [masked bins, nproc] of the masked channels (cross-section bins) at ``x``."""
+        return self._f_masked(self._x(x)).numpy()
+
     def expected_yields(self, x: np.ndarray) -> np.ndarray:
         """Expected events per unmasked bin at ``x`` (including the profiled BB-lite factor)."""
         return self._f_yields(self._x(x)).numpy()
@@ -253,8 +269,7 @@ class Likelihood:
         x = np.asarray(x, dtype=np.float64)
         if x.shape != (self.nparams,):
             raise ValueError(f"parameter vector has shape {x.shape}, expected ({self.nparams},)")
-        with tf.device(self.device):
-            return tf.constant(x)
+        return tf.constant(x)  # the traced functions place it on their device
 
     # ------------------------------------------------------------------------------- maths
     def _split(self, x):
@@ -267,15 +282,42 @@ class Likelihood:
             ta = dta = d2ta = None
         return mu, theta, r, ta, dta, d2ta
 
-    def _block_yields(self, blk: _Block, theta_k, ta_k, r):
-        e = tf.linalg.matvec(blk.a, theta_k)
-        if blk.d is not None:
-            e = e + tf.linalg.matvec(blk.d, ta_k)
-        nuhat = blk.norm * tf.exp(tf.reshape(e, [blk.b1 - blk.b0, self._nproc]))
-        return nuhat, nuhat * r
+    def _rows(self, blk: _Block, values):
+        """Per-bin values broadcast to the block's rows."""
+        if blk.dense:
+            return tf.reshape(tf.broadcast_to(values[:, None], [blk.nb, self._nproc]), [-1])
+        return tf.gather(values, blk.row_bin)
 
-    def _per_bin(self, nu_b, sl):
-        """Profiled per-bin NLL g(nu) and its first two derivatives with respect to nu."""
+    def _bin_sum(self, blk: _Block, rows):
+        """Sum of row values per bin (rows may carry trailing dimensions)."""
+        if blk.dense:
+            return tf.reduce_sum(tf.reshape(rows, tf.concat([[blk.nb, self._nproc], tf.shape(rows)[1:]], 0)), 1)
+        return tf.math.unsorted_segment_sum(rows, blk.row_bin, blk.nb)
+
+    def _block_yields(self, blk: _Block, theta, ta, r):
+        """Yields per row without (``nuhat``) and with (``nu``) the signal strengths."""
+        e = tf.linalg.matvec(blk.a, tf.gather(theta, blk.cols))
+        if blk.d is not None:
+            e = e + tf.linalg.matvec(blk.d, tf.gather(ta, blk.dcols))
+        nuhat = blk.norm * tf.exp(e)
+        if blk.dense:
+            nu = tf.reshape(tf.reshape(nuhat, [blk.nb, self._nproc]) * r, [-1])
+        else:
+            nu = nuhat * tf.gather(r, blk.row_proc)
+        return nuhat, nu
+
+    def _signal_matrix(self, blk: _Block, rows):
+        """[nb, npoi] matrix of per-row values of the signal processes."""
+        if blk.dense:
+            return tf.reshape(rows, [blk.nb, self._nproc])[:, : self.npoi]
+        return tf.scatter_nd(blk.sig_index, tf.gather(rows, blk.sig_rows), [blk.nb, self.npoi])
+
+    def _per_bin(self, nu_b, sl, profile_bb: bool = True):
+        """Profiled per-bin NLL g(nu) and its first two derivatives with respect to nu.
+
+        With ``profile_bb=False`` the second derivative is taken at fixed beta (rabbit's
+        ``profile=False``), which separates the MC-statistical part of the uncertainty.
+        """
         n = self._nobs[sl]
         has_n = n > 0.0
         nu_safe = tf.where(has_n, nu_b, tf.ones_like(nu_b))
@@ -297,10 +339,12 @@ class Likelihood:
         g = nub - n - n * (tf.math.log(nub_safe) - self._lognobs[sl]) + lbeta
         # Envelope theorem: dg/dnu at the profiled beta is beta - n/nu; beta'(nu) = -beta/(nu + k).
         g1 = beta - n_over_nu
-        g2 = tf.where(mask, tf.zeros_like(k), -beta / (nu_b + k)) + n_over_nu / nu_safe
+        g2 = n_over_nu / nu_safe
+        if profile_bb:
+            g2 = g2 + tf.where(mask, tf.zeros_like(k), -beta / (nu_b + k))
         return g, g1, g2
 
-    def _evaluate(self, x, order: int):
+    def _evaluate(self, x, order: int, profile_bb: bool = True):
         mu, theta, r, ta, dta, d2ta = self._split(x)
         npoi, ns = self.npoi, self.nsyst
         f = tf.constant(0.0, tf.float64)
@@ -312,41 +356,42 @@ class Likelihood:
         h_mm = tf.zeros([npoi, npoi], tf.float64)
         for blk in self._blocks:
             sl = slice(blk.b0, blk.b1)
-            theta_k = tf.gather(theta, blk.cols)
-            ta_k = tf.gather(ta, blk.dcols) if blk.d is not None else None
-            nuhat, nu = self._block_yields(blk, theta_k, ta_k, r)
-            nu_b = tf.reduce_sum(nu, axis=1)
-            g, g1, g2 = self._per_bin(nu_b, sl)
+            nuhat, nu = self._block_yields(blk, theta, ta, r)
+            g, g1, g2 = self._per_bin(self._bin_sum(blk, nu), sl, profile_bb)
             f = f + tf.reduce_sum(g)
             if order == 0:
                 continue
-            gw = g1[:, None] * nu  # dL/dlog(nu_bp)
-            gw_flat = tf.reshape(gw, [-1])
+            g1_rows = self._rows(blk, g1)
+            gw = g1_rows * nu  # dL/dlog(nu_row)
             cols = blk.cols[:, None]
-            g_theta = tf.tensor_scatter_nd_add(
-                g_theta, cols, tf.linalg.matvec(blk.a, gw_flat, transpose_a=True)
-            )
+            g_theta = tf.tensor_scatter_nd_add(g_theta, cols, tf.linalg.matvec(blk.a, gw, transpose_a=True))
             if blk.d is not None:
                 g_asym = tf.tensor_scatter_nd_add(
-                    g_asym, blk.dcols[:, None], tf.linalg.matvec(blk.d, gw_flat, transpose_a=True)
+                    g_asym, blk.dcols[:, None], tf.linalg.matvec(blk.d, gw, transpose_a=True)
                 )
-            g_mu = g_mu + tf.linalg.matvec(nuhat[:, :npoi], g1, transpose_a=True)
+            j_m = self._signal_matrix(blk, nuhat)  # d nu_b / d mu
+            g_mu = g_mu + tf.linalg.matvec(j_m, g1, transpose_a=True)
             if order == 1:
                 continue
-            nbk, nk = blk.b1 - blk.b0, tf.size(blk.cols)
-            at = blk.a  # d log(nu_bp) / d theta_k
+            at = blk.a  # d log(nu_row) / d theta_k
             if blk.d is not None:
                 at = at + tf.matmul(blk.d * tf.gather(dta, blk.dcols), blk.dsel)
-            # sum_bp g'_b nu_bp at_bp at_bp^T : second derivative of the yields
-            h_k = tf.matmul(at, at * gw_flat[:, None], transpose_a=True)
-            at3 = tf.reshape(at, [nbk, self._nproc, nk])
-            j_t = tf.einsum("bp,bps->bs", nu, at3)  # d nu_b / d theta_k
-            j_m = nuhat[:, :npoi]  # d nu_b / d mu
+            # sum_rows g'_b nu_row at_row at_row^T : second derivative of the yields
+            h_k = tf.matmul(at, at * gw[:, None], transpose_a=True)
+            j_t = self._bin_sum(blk, nu[:, None] * at)  # d nu_b / d theta_k
             j_t2 = g2[:, None] * j_t
             h_k = h_k + tf.matmul(j_t, j_t2, transpose_a=True)
             h_mm = h_mm + tf.matmul(j_m, g2[:, None] * j_m, transpose_a=True)
-            h_mt_k = tf.matmul(j_m, j_t2, transpose_a=True)
-            h_mt_k = h_mt_k + tf.einsum("bp,bps->ps", g1[:, None] * j_m, at3[:, :npoi, :])
+            # d2 nu_b / d mu_p d theta_k = nuhat_row at_row for the rows of process p
+            if blk.dense:
+                at3 = tf.reshape(at, [blk.nb, self._nproc, -1])[:, :npoi, :]
+                mixed = tf.einsum("bp,bps->ps", g1[:, None] * j_m, at3)
+            else:
+                w_sig = tf.gather(g1_rows * nuhat, blk.sig_rows)
+                mixed = tf.math.unsorted_segment_sum(
+                    w_sig[:, None] * tf.gather(at, blk.sig_rows), blk.sig_index[:, 1], npoi
+                )
+            h_mt_k = tf.matmul(j_m, j_t2, transpose_a=True) + mixed
             # scatter the block's [Sk, Sk] and [npoi, Sk] pieces into the full matrices
             ii, jj = tf.meshgrid(blk.cols, blk.cols, indexing="ij")
             h_tt = tf.tensor_scatter_nd_add(
@@ -378,14 +423,25 @@ class Likelihood:
         _, theta, r, ta, _, _ = self._split(x)
         out = []
         for blk in self._blocks:
-            ta_k = tf.gather(ta, blk.dcols) if blk.d is not None else None
-            _, nu = self._block_yields(blk, tf.gather(theta, blk.cols), ta_k, r)
-            nu_b = tf.reduce_sum(nu, axis=1)
+            nu_b = self._bin_sum(blk, self._block_yields(blk, theta, ta, r)[1])
             if bb_lite:
                 sl = slice(blk.b0, blk.b1)
                 k, mask, beta0 = self._kstat[sl], self._bbmask[sl], self._beta0[sl]
                 nu_b = nu_b * tf.where(mask, beta0, (self._nobs[sl] + k * beta0) / (nu_b + k))
             out.append(nu_b)
+        return tf.concat(out, axis=0)
+
+    def _process_yields(self, x, masked: bool):
+        """Expected yields per bin and process, [bins, nproc], of the unmasked or masked channels."""
+        _, theta, r, ta, _, _ = self._split(x)
+        out = [tf.zeros([0, self._nproc], tf.float64)]
+        for blk in self._mblocks if masked else self._blocks:
+            nu = self._block_yields(blk, theta, ta, r)[1]
+            if blk.dense:
+                out.append(tf.reshape(nu, [blk.nb, self._nproc]))
+            else:
+                idx = tf.stack([blk.row_bin, blk.row_proc], axis=1)
+                out.append(tf.scatter_nd(idx, nu, [blk.nb, self._nproc]))
         return tf.concat(out, axis=0)
 
 

@@ -117,7 +117,11 @@ class FitResult:
             f.create_dataset("errors", data=self.errors)
             f.create_dataset("covariance", data=self.covariance, compression="gzip")
             for k, v in self.extra.items():
-                f.create_dataset(f"extra/{k}", data=v)
+                v = np.asarray(v)
+                if v.dtype.kind in "OU":  # names: variable-length strings, not pickles
+                    f.create_dataset(f"extra/{k}", data=v.astype(object), dtype=h5py.string_dtype())
+                else:
+                    f.create_dataset(f"extra/{k}", data=v)
 
         atomic_write_hdf5(path, body)
 
@@ -127,7 +131,10 @@ def read_result(path: str | os.PathLike[str]) -> FitResult:
     with h5py.File(path, "r") as f:
         if "values" not in f or "format" not in f.attrs:
             raise ValueError(f"{path}: not a wfit fit result (no 'values' dataset or 'format' attribute)")
-        extra = {k: f["extra"][k][...] for k in f["extra"]} if "extra" in f else {}
+        extra = {}
+        for k in f.get("extra", {}):
+            d = f["extra"][k]
+            extra[k] = d.asstr()[...] if h5py.check_string_dtype(d.dtype) else d[...]
         return FitResult(
             names=[s.decode() if isinstance(s, bytes) else s for s in f["names"][...]],
             npoi=int(f.attrs["npoi"]),

@@ -35,8 +35,12 @@ def test_cli_fit_writes_result_equal_to_api(ws_path, tmp_path, capsys):
     np.testing.assert_array_equal(res.covariance, api.covariance)
     assert res.workspace_sha256 == file_sha256(ws_path)
     assert res.options["seed"] == 3 and res.ok
-    with h5py.File(out) as f:  # plain datasets, nothing pickled
-        assert set(f) == {"names", "values", "errors", "covariance"}
+    with h5py.File(out) as f:  # plain numeric or string datasets, nothing pickled
+        assert set(f) == {"names", "values", "errors", "covariance", "extra"}
+        kinds = set()
+        f.visititems(lambda name, obj: kinds.add(obj.dtype.kind) if isinstance(obj, h5py.Dataset) else None)
+        assert kinds <= {"f", "i", "u", "O"} and "V" not in kinds
+        assert h5py.check_string_dtype(f["names"].dtype) is not None
     np.testing.assert_allclose(res.errors, np.sqrt(np.diag(res.covariance)))
 
 
@@ -68,3 +72,28 @@ def test_console_script_runs(ws_path, tmp_path):
     proc = subprocess.run([exe, "fit", ws_path, "-o", str(out), "-q"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(read_result(out).values, fit_workspace(ws_path).values)
+
+
+def test_cli_impacts_scan_and_plots_equal_the_api(ws_path, tmp_path):
+    from wfit.fitter import Likelihood
+    from wfit.fitter.impacts import impacts
+    from wfit.fitter.scan import scan
+    from wfit.fitter.toys import goodness_of_fit
+    from wfit.workspace import read_workspace
+
+    out, plots = str(tmp_path / "r.hdf5"), tmp_path / "plots"
+    assert main(["fit", ws_path, "-o", out, "-q", "--impacts", "--scan", "sig0", "--plots", str(plots)]) == 0
+    res = read_result(out)
+    ll = Likelihood(read_workspace(ws_path))
+    api = fit_workspace(ws_path)
+    imp = impacts(ll, api)
+    np.testing.assert_allclose(res.extra["impacts"], imp.values, rtol=1e-10)
+    np.testing.assert_allclose(res.extra["impacts_grouped"], imp.grouped, rtol=1e-10)
+    assert list(res.extra["impact_groups"]) == imp.groups
+    sc = scan(ll, api, "sig0")
+    np.testing.assert_allclose(res.extra["scan_sig0"][:, 1], sc.q, rtol=1e-6, atol=1e-8)
+    gof = goodness_of_fit(ll, api)
+    np.testing.assert_allclose(res.extra["gof"], [gof.chi2, gof.ndf, gof.p_value], rtol=1e-10)
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == ["correlation.png", "impacts_sig0.png", "impacts_sig1.png", "prepostfit.png", "pulls.png"]
+    assert all((plots / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)

@@ -157,3 +157,23 @@ def test_functions_are_traced_once(ws):
 def test_asimov_data_equals_nominal_sum(ws):
     ll = Likelihood(ws)
     np.testing.assert_allclose(ll.asimov_data(), ws.norm[: ws.nbins].sum(axis=1), rtol=1e-14)
+
+
+def test_sparse_file_without_densifying_equals_dense(tmp_path):
+    m = build_random_model(seed=13)
+    write_wfit(m, str(tmp_path / "d.hdf5"))
+    write_wfit(m, str(tmp_path / "s.hdf5"), sparse=True)
+    dense = read_workspace(tmp_path / "d.hdf5")
+    coo = read_workspace(tmp_path / "s.hdf5", densify_sparse=False)
+    assert coo.logk_avg is None and coo.sparse_coo is not None
+    x = _point(dense, 6)
+    a, b = Likelihood(dense), Likelihood(coo, block_bytes=4096)
+    for u, v in zip(a.nll_grad_hess(x), b.nll_grad_hess(x), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a.masked_yields(x), b.masked_yields(x), rtol=1e-13)
+    # masked yields: the masked channel's templates scaled by the signal strengths and the lumi lnN,
+    # the only nuisance that acts there
+    npoi = len(dense.signals)
+    lumi = np.exp(x[npoi + dense.systs.index("lumi")] * np.log(1.025))
+    expected = dense.norm[dense.nbins :] * np.r_[x[:npoi], np.ones(dense.nproc - npoi)] * lumi
+    np.testing.assert_allclose(a.masked_yields(x), expected, rtol=1e-13)

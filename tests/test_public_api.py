@@ -25,7 +25,8 @@ def test_workspace_api():
 
 def test_fitter_api():
     assert sorted(wfit.fitter.__all__) == sorted(
-        ["FitResult", "FitStatus", "Likelihood", "fit", "fit_workspace", "read_result"]
+        ["FitResult", "FitStatus", "Likelihood", "fit", "fit_workspace", "goodness_of_fit", "impacts",
+         "read_result", "run_toys", "scan", "scan2d"]
     )
     for name in wfit.fitter.__all__:
         assert getattr(wfit.fitter, name) is not None

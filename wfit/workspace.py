@@ -76,6 +76,8 @@ __all__ = [
     "Workspace",
     "WorkspaceError",
     "WorkspaceWriter",
+    "CompactBlock",
+    "iter_compact_blocks",
     "iter_logk_blocks",
     "read_workspace",
 ]
@@ -946,13 +948,14 @@ def _raw_logk_blocks(
     symmetric: bool,
     step: int,
     stop: int | None = None,
+    start: int = 0,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(b0, b1, block)`` with ``block`` the [b1-b0, nproc, (2,) nsyst] rows of ``hlogk``."""
     dset = f["hlogk"]
     row = nproc * (nsyst if symmetric else 2 * nsyst)
     tail = () if symmetric else (2,)
     stop = nbinsfull if stop is None else stop
-    for b0 in range(0, stop, step):
+    for b0 in range(start, stop, step):
         b1 = min(stop, b0 + step)
         blk = dset[b0 * row : b1 * row] if len(dset.shape) == 1 else dset[b0:b1]
         blk = np.asarray(blk).reshape((b1 - b0, nproc, *tail, nsyst))
@@ -982,7 +985,7 @@ def _asym_columns(
 
 
 def iter_logk_blocks(
-    ws: Workspace, bins_per_block: int, stop: int | None = None
+    ws: Workspace, bins_per_block: int, start: int = 0, stop: int | None = None
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None]]:
     """Stream the log(kappa) arrays of a workspace in blocks of bins.
 
@@ -992,7 +995,7 @@ def iter_logk_blocks(
     """
     stop = ws.nbinsfull if stop is None else stop
     if ws.logk_avg is not None and ws.logk_avg.shape[0] == ws.nbinsfull:
-        for b0 in range(0, stop, bins_per_block):
+        for b0 in range(start, stop, bins_per_block):
             b1 = min(stop, b0 + bins_per_block)
             half = None if ws.logk_halfdiff is None else ws.logk_halfdiff[b0:b1]
             yield b0, b1, ws.logk_avg[b0:b1], half
@@ -1001,7 +1004,7 @@ def iter_logk_blocks(
         symmetric = _logk_layout(ws.path, f, ws.nbinsfull, ws.nproc, ws.nsyst)
         asym = ws.asym_idx
         for b0, b1, blk in _raw_logk_blocks(
-            ws.path, f, ws.nbinsfull, ws.nproc, ws.nsyst, symmetric, bins_per_block, stop
+            ws.path, f, ws.nbinsfull, ws.nproc, ws.nsyst, symmetric, bins_per_block, stop, start
         ):
             if symmetric:
                 yield b0, b1, blk, None
@@ -1197,12 +1200,9 @@ def read_workspace(
             channels = _default_channels(nbins, nbinsfull)
 
         if sparse:
+            norm, avg, half, asym = _densify(coo, nbinsfull, nproc, nsyst, allocate, logk=densify_sparse)
             if densify_sparse:
-                norm, avg, half, asym = _densify(coo, nbinsfull, nproc, nsyst, allocate)
                 coo = None
-            else:
-                norm = np.zeros((0, nproc))
-                avg, half, asym = np.zeros((0, nproc, nsyst)), None, np.zeros(0, dtype=np.int64)
         else:
             hint = None
             if meta:
@@ -1235,26 +1235,123 @@ def read_workspace(
 
 
 def _densify(
-    coo: dict[str, np.ndarray], nbinsfull: int, nproc: int, nsyst: int, allocate: Callable[..., np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    coo: dict[str, np.ndarray],
+    nbinsfull: int,
+    nproc: int,
+    nsyst: int,
+    allocate: Callable[..., np.ndarray],
+    logk: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Dense ``norm`` (always: it is small) and, if ``logk``, dense log(kappa) arrays from the COO form."""
     nidx = coo["norm_indices"].reshape(-1, 2)
     norm = allocate((nbinsfull, nproc), np.float64)
     norm[...] = 0.0
     norm[nidx[:, 0], nidx[:, 1]] = coo["norm_values"]
     lidx = coo["logk_indices"].reshape(-1, 2)
-    width = int(coo["logk_shape"][1])
-    symmetric = width == nsyst
+    col = lidx[:, 1]
+    first = col < nsyst
+    asym = np.unique(col[~first] - nsyst) if int(coo["logk_shape"][1]) != nsyst else np.zeros(0, dtype=np.int64)
+    if not logk:
+        return norm, None, None, asym
     avg = allocate((nbinsfull, nproc, nsyst), np.float64)
     avg[...] = 0.0
     rows = nidx[lidx[:, 0]]
-    col = lidx[:, 1]
-    first = col < nsyst
     avg[rows[first, 0], rows[first, 1], col[first]] = coo["logk_values"][first]
-    if symmetric or not np.any(~first):
-        return norm, avg, None, np.zeros(0, dtype=np.int64)
-    asym = np.unique(col[~first] - nsyst)
+    if len(asym) == 0:
+        return norm, avg, None, asym
     pos = np.searchsorted(asym, col[~first] - nsyst)
     half = allocate((nbinsfull, nproc, len(asym)), np.float64)
     half[...] = 0.0
     half[rows[~first, 0], rows[~first, 1], pos] = coo["logk_values"][~first]
     return norm, avg, half, asym
+
+
+@dataclass(frozen=True)
+class CompactBlock:
+    """The log(kappa) of a block of consecutive bins, without its zeros.
+
+    Rows are the (bin, process) pairs with a non-zero nominal yield, bin-major; columns the
+    nuisances that act somewhere in the block.
+
+    Attributes:
+        b0, b1: The bins ``[b0, b1)``.
+        row_bin: Bin of each row, relative to ``b0``.
+        row_proc: Process of each row.
+        norm: Nominal yield of each row.
+        cols: Nuisances (indices into ``systs``) of the columns of ``avg``.
+        avg: log(kappa) average, [rows, len(cols)].
+        dcols: Asymmetric nuisances of the columns of ``half``, as indices into ``asym_idx``.
+        half: log(kappa) half-difference, [rows, len(dcols)], or ``None``.
+        dense: Every (bin, process) pair is a row (the rows are then the full [bins x processes]).
+    """
+
+    b0: int
+    b1: int
+    row_bin: np.ndarray
+    row_proc: np.ndarray
+    norm: np.ndarray
+    cols: np.ndarray
+    avg: np.ndarray
+    dcols: np.ndarray
+    half: np.ndarray | None
+    dense: bool
+
+
+def _compact(b0: int, b1: int, norm: np.ndarray, avg: np.ndarray, half: np.ndarray | None,
+             asym_idx: np.ndarray) -> CompactBlock:
+    nb, nproc = norm.shape
+    nz = norm != 0.0
+    dense = bool(nz.all())
+    if dense:
+        row_bin, row_proc = np.divmod(np.arange(nb * nproc), nproc)
+        a = avg.reshape(nb * nproc, -1)
+        h = None if half is None else half.reshape(nb * nproc, -1)
+    else:
+        row_bin, row_proc = np.nonzero(nz)
+        a = avg[row_bin, row_proc]
+        h = None if half is None else half[row_bin, row_proc]
+    dcols = np.flatnonzero(np.any(h != 0.0, axis=0)) if h is not None else np.zeros(0, dtype=np.int64)
+    active = np.any(a != 0.0, axis=0)
+    active[asym_idx[dcols]] = True
+    cols = np.flatnonzero(active)
+    return CompactBlock(b0, b1, row_bin, row_proc, norm[row_bin, row_proc], cols,
+                        np.ascontiguousarray(a[:, cols]), dcols,
+                        None if len(dcols) == 0 else np.ascontiguousarray(h[:, dcols]), dense)
+
+
+def iter_compact_blocks(ws: Workspace, bins_per_block: int, start: int = 0,
+                        stop: int | None = None) -> Iterator[CompactBlock]:
+    """The log(kappa) tensor of bins ``[start, stop)`` in :class:`CompactBlock` s of consecutive bins.
+
+    Works from the arrays in memory, by streaming a dense file, or from a sparse file's COO arrays,
+    so that neither a dense copy nor the full tensor needs to be in memory.
+    """
+    stop = ws.nbinsfull if stop is None else stop
+    if ws.sparse_coo is None:
+        for b0, b1, avg, half in iter_logk_blocks(ws, bins_per_block, start=start, stop=stop):
+            yield _compact(b0, b1, ws.norm[b0:b1], avg, half, ws.asym_idx)
+        return
+    coo, nsyst = ws.sparse_coo, ws.nsyst
+    nidx = coo["norm_indices"].reshape(-1, 2)
+    lidx = coo["logk_indices"].reshape(-1, 2)
+    lval = coo["logk_values"]
+    asym_pos = {int(s): i for i, s in enumerate(ws.asym_idx)}
+    for b0 in range(start, stop, bins_per_block):
+        b1 = min(stop, b0 + bins_per_block)
+        n0, n1 = np.searchsorted(nidx[:, 0], [b0, b1])  # norm entries are sorted bin-major
+        l0, l1 = np.searchsorted(lidx[:, 0], [n0, n1])  # logk entries are sorted by norm entry
+        row = lidx[l0:l1, 0] - n0
+        col = lidx[l0:l1, 1]
+        vals = lval[l0:l1]
+        first = col < nsyst
+        cols = np.unique(np.concatenate([col[first], ws.asym_idx[[asym_pos[c - nsyst] for c in col[~first]]]]))
+        avg = np.zeros((n1 - n0, len(cols)))
+        avg[row[first], np.searchsorted(cols, col[first])] = vals[first]
+        half = None
+        dcols = np.unique([asym_pos[c - nsyst] for c in col[~first]]).astype(np.int64)
+        if len(dcols):
+            half = np.zeros((n1 - n0, len(dcols)))
+            half[row[~first], np.searchsorted(dcols, [asym_pos[c - nsyst] for c in col[~first]])] = vals[~first]
+        rb, rp = nidx[n0:n1, 0] - b0, nidx[n0:n1, 1]
+        yield CompactBlock(b0, b1, rb, rp, coo["norm_values"][n0:n1], cols, avg, dcols, half,
+                           dense=(n1 - n0) == (b1 - b0) * ws.nproc)
