@@ -17,6 +17,8 @@ def test_workspace_api():
             "Workspace",
             "WorkspaceError",
             "WorkspaceWriter",
+            "CompactBlock",
+            "iter_compact_blocks",
             "iter_logk_blocks",
             "read_workspace",
         ]
