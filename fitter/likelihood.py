@@ -97,8 +97,8 @@ class Likelihood:
             TensorFlow sees one.
         block_bytes: Target size in bytes of one block of the (uncompacted) log(kappa) tensor.
         jit_compile: Compile the functions with XLA. ``None`` compiles small models (under 4 MB of
-            log(kappa)), where fusing the many small operations halves the time per call; for large
-            models TensorFlow's own kernels are faster.
+            log(kappa) in at most 8 blocks), where fusing the many small operations halves the time
+            per call; for large models TensorFlow's own kernels are faster and compile in no time.
 
     Example:
         >>> from wfit.fitter.likelihood import Likelihood
@@ -132,7 +132,8 @@ class Likelihood:
 
         with tf.device(self.device):
             row_bytes = 8 * nproc * max(1, nsyst + nasym)
-            step = max(1, min(nb, block_bytes // row_bytes))
+            # at most ~64 blocks: each block adds operations to the traced graph
+            step = max(1, min(nb, block_bytes // row_bytes), -(-nb // 64))
             self._blocks = [self._make_block(cb) for cb in iter_compact_blocks(ws, step, stop=nb)]
             # masked channels (generator-level bins for cross sections): not in the NLL
             self._mblocks = [self._make_block(cb) for cb in iter_compact_blocks(ws, step, start=nb)]
@@ -153,7 +154,8 @@ class Likelihood:
         self.set_data(ws.data_obs if data is None else data)
 
         spec = [tf.TensorSpec([self.nparams], tf.float64)]
-        jit = self.stored_bytes < 4 * 1024**2 if jit_compile is None else bool(jit_compile)
+        small = self.stored_bytes < 4 * 1024**2 and len(self._blocks) + len(self._mblocks) <= 8
+        jit = small if jit_compile is None else bool(jit_compile)
         self._f_nll = tf.function(lambda x: self._evaluate(x, 0), input_signature=spec, jit_compile=jit)
         self._f_grad = tf.function(lambda x: self._evaluate(x, 1), input_signature=spec, jit_compile=jit)
         self._f_hess = tf.function(lambda x: self._evaluate(x, 2), input_signature=spec, jit_compile=jit)

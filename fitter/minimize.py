@@ -87,6 +87,16 @@ def edm_and_covariance(grad: np.ndarray, hess: np.ndarray) -> tuple[float, np.nd
     return edm, cov
 
 
+def _flat_edm(g: np.ndarray, h: np.ndarray) -> float:
+    """EDM in the directions of positive curvature, if the others are flat (zero curvature and gradient)."""
+    lam, q = np.linalg.eigh(h)
+    gq = q.T @ g
+    flat = np.abs(lam) <= 1e-10 * max(1.0, float(np.max(np.abs(lam))))
+    if np.any(lam[~flat] < 0) or not np.any(flat):
+        return float("inf")
+    return 0.5 * float(np.sum(gq[~flat] ** 2 / lam[~flat])) + float(np.sum(np.abs(gq[flat])))
+
+
 def _trust_region_step(g: np.ndarray, h: np.ndarray, radius: float) -> np.ndarray:
     """Exact solution of min g.p + 0.5 p.H.p subject to |p| <= radius (eigen-decomposition)."""
     lam, q = np.linalg.eigh(h)
@@ -184,6 +194,10 @@ def _minimize(fgh, x0, *, tol, max_iter, lower, fixed, initial_radius, callback)
             callback(it, f, edm)
         if np.isfinite(edm) and edm < tol:
             status = FitStatus.CONVERGED
+            break
+        if not np.isfinite(edm) and _flat_edm(gf, hf) < tol:
+            # converged in every direction the data constrain; the rest is flat (degenerate templates)
+            status = FitStatus.HESSIAN_NOT_POSDEF
             break
         # Trust region in variables scaled by the curvature (More, "Recent developments in
         # algorithms and software for trust region methods", 1983): |D p| <= radius with

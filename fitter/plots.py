@@ -1,127 +1,172 @@
-"""Post-fit plots with mplhep: pulls and constraints, ranked impacts, correlations, unrolled templates."""
+"""Post-fit figures with mplhep: pulls and constraints, ranked impacts, correlations, pre/post-fit templates.
+
+Each function returns a ``matplotlib.figure.Figure`` and, given a path, writes it atomically
+(the drawing helpers are shared with :mod:`wfit.plots`).
+
+Example:
+    >>> from wfit.fitter.plots import plot_pulls, plot_all  # doctest: +SKIP
+    >>> plot_pulls(result, path="pulls.png")  # doctest: +SKIP
+    >>> plot_all(ll, result, "plots/", impacts)  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wfit.fitter.derived import propagate
-from wfit.fitter.impacts import Impacts
-from wfit.fitter.likelihood import Likelihood
-from wfit.fitter.result import FitResult
+from wfit.plots import _mpl, _save
+
+if TYPE_CHECKING:
+    from wfit.fitter.impacts import Impacts
+    from wfit.fitter.likelihood import Likelihood
+    from wfit.fitter.result import FitResult
 
 __all__ = ["plot_all", "plot_correlation", "plot_impacts", "plot_prepostfit", "plot_pulls"]
 
 
-def _mpl():
-    import matplotlib
+def plot_pulls(
+    result: FitResult,
+    *,
+    max_params: int = 40,
+    path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The fitted nuisance parameters (pulls theta_hat with their Hessian uncertainties).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mplhep
+    The nuisances are in units of their prior width, so a good fit has values near 0 with
+    uncertainties at most 1 (shaded: +-1 and +-2). The ``max_params`` largest |pulls| are shown.
 
-    plt.style.use(mplhep.style.CMS)
-    return plt, mplhep
+    Args:
+        result: A :class:`wfit.fitter.FitResult`.
+        max_params: How many nuisances to show.
+        path: Write the figure there.
 
-
-def _save(fig, path: str) -> str:
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)  # never a half-written plot
-    return path
-
-
-def plot_pulls(result: FitResult, path: str, max_params: int = 40) -> str:
-    """Nuisance pulls (post-fit value) and constraints (post-fit uncertainty), largest pulls first."""
-    plt, _ = _mpl()
+    Returns:
+        The matplotlib figure.
+    """
+    Figure, style, mplhep = _mpl()
     idx = np.arange(result.npoi, len(result.names))
-    idx = idx[np.argsort(-np.abs(result.values[idx]))][:max_params][::-1]
-    fig, ax = plt.subplots(figsize=(9, 0.3 * len(idx) + 2))
-    y = np.arange(len(idx))
-    ax.axvspan(-1, 1, color="#ffe08a", alpha=0.5, label=r"pre-fit $\pm1\sigma$")
-    ax.errorbar(result.values[idx], y, xerr=result.errors[idx], fmt="ko", label="post-fit")
-    ax.set_yticks(y, [result.names[i] for i in idx], fontsize=10)
-    reach = max(2.0, float(np.max(np.abs(result.values[idx]) + result.errors[idx], initial=0.0)) * 1.1)
-    ax.set_xlim(-reach, reach)
-    ax.set_xlabel(r"$(\hat\theta - \theta_0)/\Delta\theta$")
-    ax.legend(loc="upper right", fontsize=12)
-    return _save(fig, path)
+    if idx.size == 0:
+        raise ValueError("plot_pulls: the fit result has no nuisance parameters")
+    idx = idx[np.argsort(-np.abs(result.values[idx]), kind="stable")][:max_params][::-1]
+    y = np.arange(idx.size)
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(8, 2 + 0.28 * idx.size))
+        ax = fig.subplots()
+        ax.axvspan(-2, 2, color="gold", alpha=0.4, lw=0)
+        ax.axvspan(-1, 1, color="limegreen", alpha=0.5, lw=0)
+        ax.errorbar(result.values[idx], y, xerr=result.errors[idx], fmt="o", color="k", ms=4)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, [result.names[i] for i in idx], fontsize=10)
+        ax.set_xlabel(r"$\hat\theta$ (units of the prior width)")
+        ax.set_xlim(-2.5, 2.5)
+        fig.tight_layout()
+        _save(fig, path)
+    return fig
 
 
-def plot_impacts(imp: Impacts, poi: str, path: str, n: int = 30) -> str:
-    """Ranked per-nuisance impacts on one POI."""
-    plt, _ = _mpl()
+def plot_impacts(imp: Impacts, poi: str, *, n: int = 30, path: str | os.PathLike[str] | None = None) -> Any:
+    """Ranked per-nuisance impacts on one POI (``C_ij / sqrt(C_jj)``, largest first)."""
+    Figure, style, mplhep = _mpl()
     ranked = imp.ranked(poi, n)[::-1]
-    fig, ax = plt.subplots(figsize=(9, 0.3 * len(ranked) + 2))
-    y = np.arange(len(ranked))
     vals = np.array([v for _, v in ranked])
-    ax.barh(y, vals, color=np.where(vals > 0, "#5790fc", "#e42536"))
-    ax.set_yticks(y, [name for name, _ in ranked], fontsize=10)
-    ax.set_xlabel(f"impact on {poi}")
-    ax.axvline(0, color="k", lw=0.8)
-    return _save(fig, path)
+    y = np.arange(len(ranked))
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(8, 2 + 0.28 * len(ranked)))
+        ax = fig.subplots()
+        ax.barh(y, vals, color=np.where(vals > 0, "#5790fc", "#e42536"))
+        ax.set_yticks(y, [name for name, _ in ranked], fontsize=10)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"impact on {poi}")
+        fig.tight_layout()
+        _save(fig, path)
+    return fig
 
 
-def plot_correlation(result: FitResult, path: str, max_params: int = 60) -> str:
-    """Correlation matrix of the POIs and the most correlated nuisances."""
-    plt, _ = _mpl()
+def plot_correlation(result: FitResult, *, max_params: int = 60, path: str | os.PathLike[str] | None = None) -> Any:
+    """Correlation matrix of the POIs and of the nuisances most correlated with them."""
+    Figure, style, mplhep = _mpl()
     corr = result.correlation()
     npoi = result.npoi
-    strength = np.max(np.abs(corr[:npoi, npoi:]), axis=0) if npoi else np.zeros(len(result.names))
-    nuis = npoi + np.argsort(-strength)[: max(0, max_params - npoi)]
+    strength = np.max(np.abs(corr[:npoi, npoi:]), axis=0) if npoi else np.zeros(len(result.names) - npoi)
+    nuis = npoi + np.argsort(-strength, kind="stable")[: max(0, max_params - npoi)]
     idx = np.r_[np.arange(min(npoi, max_params)), np.sort(nuis)].astype(int)
-    fig, ax = plt.subplots(figsize=(10, 9))
-    im = ax.imshow(corr[np.ix_(idx, idx)], cmap="RdBu_r", vmin=-1, vmax=1)
     labels = [result.names[i] for i in idx]
-    ax.set_xticks(range(len(idx)), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(idx)), labels, fontsize=7)
-    fig.colorbar(im, ax=ax, label="correlation")
-    return _save(fig, path)
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(10, 9))
+        ax = fig.subplots()
+        im = ax.imshow(corr[np.ix_(idx, idx)], cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_xticks(range(len(idx)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(idx)), labels, fontsize=7)
+        fig.colorbar(im, ax=ax, label="correlation")
+        fig.tight_layout()
+        _save(fig, path)
+    return fig
 
 
-def plot_prepostfit(ll: Likelihood, result: FitResult, path: str) -> str:
-    """Data and the pre- and post-fit expectation of the unmasked bins, unrolled, with uncertainty bands."""
-    plt, mplhep = _mpl()
+def plot_prepostfit(ll: Likelihood, result: FitResult, *, path: str | os.PathLike[str] | None = None) -> Any:
+    """Data with the pre- and post-fit expectation of the unmasked bins, unrolled, with uncertainty bands.
+
+    The post-fit band is the covariance of the yields, ``J C J^T``; the pre-fit band takes every
+    constrained nuisance at its prior width, uncorrelated.
+    """
+    from wfit.fitter.derived import propagate
+    from wfit.fitter.result import FitResult
+
+    Figure, style, mplhep = _mpl()
     prefit = ll.asimov_data(ll.x0)
     postfit, cov = propagate(result, lambda x, beta: ll._yields(x, ll.bb_lite))
-    # pre-fit band: nuisances at +-1 sigma, uncorrelated, linearised
-    pre = FitResult(result.names, result.npoi, ll.x0, np.ones_like(ll.x0),
-                    np.diag(np.r_[np.zeros(ll.npoi), np.ones(ll.nsyst)]), 0.0, 0.0, result.status, 0)
-    _, cov_pre = propagate(pre, lambda x, beta: ll._yields(x, False))
+    prior = FitResult(result.names, result.npoi, ll.x0, np.ones_like(ll.x0),
+                      np.diag(np.r_[np.zeros(ll.npoi), ll.ws.constraint_weights]), 0.0, 0.0, result.status, 0)
+    _, cov_pre = propagate(prior, lambda x, beta: ll._yields(x, False))
     data = ll.data
     edges = np.arange(len(data) + 1)
-    fig, (ax, rax) = plt.subplots(2, 1, figsize=(12, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for vals, c, color, label in ((prefit, cov_pre, "#f89c20", "pre-fit"), (postfit, cov, "#5790fc", "post-fit")):
-        err = np.sqrt(np.diag(c))
-        mplhep.histplot(vals, edges, ax=ax, color=color, label=label)
-        ax.fill_between(edges, np.r_[vals - err, vals[-1] - err[-1]], np.r_[vals + err, vals[-1] + err[-1]],
-                        step="post", color=color, alpha=0.3)
-        rax.fill_between(edges, np.r_[1 - err / vals, 1 - err[-1] / vals[-1]],
-                         np.r_[1 + err / vals, 1 + err[-1] / vals[-1]], step="post", color=color, alpha=0.3)
-    mplhep.histplot(data, edges, ax=ax, histtype="errorbar", yerr=np.sqrt(data), color="k", label="data")
-    rax.errorbar(edges[:-1] + 0.5, data / postfit, yerr=np.sqrt(data) / postfit, fmt="k.", ms=3)
-    for ch in ll.ws.channels:
-        if not ch.masked:
-            ax.axvline(ch.start, color="grey", lw=0.5)
-    ax.set_ylabel("events / bin")
-    ax.legend()
-    rax.set_ylabel("data / post-fit")
-    rax.set_xlabel("unrolled bin")
-    rax.set_ylim(0.8, 1.2)
-    return _save(fig, path)
+
+    def band(ax, center, err, color, ratio_to=None):
+        lo, hi = center - err, center + err
+        if ratio_to is not None:
+            lo, hi = lo / ratio_to, hi / ratio_to
+        ax.fill_between(edges, np.r_[lo, lo[-1]], np.r_[hi, hi[-1]], step="post", color=color, alpha=0.3, lw=0)
+
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(12, 7))
+        ax, rax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        for vals, c, color, label in ((prefit, cov_pre, "#f89c20", "pre-fit"), (postfit, cov, "#5790fc", "post-fit")):
+            err = np.sqrt(np.diag(c))
+            mplhep.histplot(vals, edges, ax=ax, color=color, label=label)
+            band(ax, vals, err, color)
+            band(rax, vals, err, color, ratio_to=vals)
+        mplhep.histplot(data, edges, ax=ax, histtype="errorbar", yerr=np.sqrt(data), color="k", label="data")
+        rax.errorbar(edges[:-1] + 0.5, data / postfit, yerr=np.sqrt(data) / postfit, fmt="k.", ms=3)
+        for ch in ll.ws.channels:
+            if not ch.masked and ch.start:
+                ax.axvline(ch.start, color="grey", lw=0.5)
+        ax.set_ylabel("events / bin")
+        ax.legend()
+        rax.set_ylabel("data / post-fit")
+        rax.set_xlabel("unrolled bin")
+        rax.set_ylim(0.8, 1.2)
+        fig.tight_layout()
+        _save(fig, path)
+    return fig
 
 
-def plot_all(ll: Likelihood, result: FitResult, folder: str, imp: Impacts | None = None) -> list[str]:
-    """Write every post-fit plot into ``folder`` and return their paths."""
+def plot_all(
+    ll: Likelihood, result: FitResult, folder: str | os.PathLike[str], imp: Impacts | None = None
+) -> list[str]:
+    """Write every post-fit figure into ``folder`` (impacts for up to five POIs) and return the paths."""
+    folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    out = [plot_pulls(result, os.path.join(folder, "pulls.png")),
-           plot_correlation(result, os.path.join(folder, "correlation.png")),
-           plot_prepostfit(ll, result, os.path.join(folder, "prepostfit.png"))]
-    if imp is not None:
-        for poi in imp.pois[:5]:
-            out.append(plot_impacts(imp, poi, os.path.join(folder, f"impacts_{poi}.png")))
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
+    jobs = {
+        "pulls.png": lambda p: plot_pulls(result, path=p),
+        "correlation.png": lambda p: plot_correlation(result, path=p),
+        "prepostfit.png": lambda p: plot_prepostfit(ll, result, path=p),
+    }
+    for poi in imp.pois[:5] if imp is not None else []:
+        jobs[f"impacts_{poi}.png"] = lambda p, poi=poi: plot_impacts(imp, poi, path=p)
+    out = []
+    for name, draw in jobs.items():
+        draw(os.path.join(folder, name))
+        out.append(os.path.join(folder, name))
     return out
