@@ -58,7 +58,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def default_config_path(name: str = "default") -> str:
-    """Path of a shipped config, ``"default"`` (deployed model) or ``"large"`` (benchmark reference)."""
+    """Path of a shipped config: ``"default"`` (deployed model), ``"large"`` (benchmark reference) or
+    ``"pfnano"`` (only features with a NanoAOD/PFNano source, for the processor's jet calibration)."""
     return str(resources.files("wfit.calib").joinpath("configs", f"{name}.yaml"))
 
 

@@ -11,8 +11,16 @@ executors); the three give the same histograms. Per dataset the output holds
   ``nominal`` included (names in :mod:`wfit.processors.systematics`);
 * ``cutflow`` (event counts) and ``cutflow_sumw`` (sums of sign(genWeight)) per selection step;
 * ``sumw`` (sum of genWeight), ``sumw_sign`` (sum of sign(genWeight)) and ``nevents`` over all
-  processed events; ``skipped``: a set of ``"variation: reason (file)"`` strings;
-* ``kind``: ``{"data"}``, ``{"mc"}`` or ``{"signal"}``.
+  processed events; ``nonfinite_events``: events dropped for a non-finite value (see below);
+  ``skipped``: a set of ``"variation: reason (file)"`` strings;
+* ``kind``: ``{"data"}``, ``{"mc"}`` or ``{"signal"}``;
+* ``jet_calibration``: with a :class:`~wfit.processors.jetcorr.JetCalibration`, a set of
+  ``"<model file> (<file>)"`` strings saying which model (main or jet-level fallback) corrected each file.
+
+With ``jet_calibration`` the MET of every event is type-1 corrected for the DNN-corrected jets (see
+:mod:`wfit.processors.jetcorr`), so mT, the mT axis and the signal region use it; MC gets the
+``jetCalib{Up,Down}`` variation (the correction scaled by ``1 +- variation``, propagated to MET and mT) in
+``templates_syst``.
 
 All histograms use Weight storage (sum of weights and of squared weights). MC events are filled with
 sign(genWeight) times the efficiency scale factor, pileup and prefiring weights (where available);
@@ -32,6 +40,9 @@ Behaviour on special inputs (each one is tested):
   prefiring, or such a branch with zero entries per event) skips that variation and records it in
   ``skipped``; it never crashes and never skips silently;
 * an empty file (zero events) adds zero events and empty histograms;
+* an event with a NaN or infinite genWeight, MET (pt, phi) or muon/electron pT, eta or phi is dropped
+  before the selection (it enters no histogram, cutflow step nor sum of weights; ``nevents`` still counts
+  it) and counted in ``nonfinite_events``;
 * NanoAOD v15 stores the MET as ``PFMET_*``: ``MET_*`` is used when present, ``PFMET_*`` otherwise;
 * a file without ``luminosityBlock`` (``missing_luminosityBlock.root``) is refused by coffea's
   ``NanoAODSchema`` ("missing event ID fields"): the run raises, on purpose, because event
@@ -49,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any, Literal
@@ -62,7 +74,8 @@ from coffea.processor import accumulator as _acc
 from .config import TemplateConfig
 from .corrections import PILEUP_CORRECTION, SF_CORRECTIONS, default_corrections_path, load_corrections
 from .helicity import AngularCoefficients, gen_w_from_events, polarization_weights
-from .selection import CUTFLOW_STEPS, Leptons, Selection, select_events
+from .jetcorr import JetCalibration, JetMET, jet_models_used
+from .selection import CUTFLOW_STEPS, Leptons, Selection, select_events, transverse_mass
 from .systematics import (
     deterministic_normal,
     pdf_variations,
@@ -118,6 +131,13 @@ def _require(events: Any, collection: str, fields: Collection[str]) -> Any:
     return coll
 
 
+def _with_met(sel: Selection, met_x: np.ndarray, met_y: np.ndarray) -> Selection:
+    """The selection with mT recomputed from another MET (components for the selected events, GeV)."""
+    return dataclasses.replace(
+        sel, mt=transverse_mass(sel.pt, sel.phi, np.hypot(met_x, met_y), np.arctan2(met_y, met_x))
+    )
+
+
 def _flat(coll: Any, field: str, dtype: Any = np.float64) -> np.ndarray:
     return np.asarray(ak.to_numpy(ak.flatten(coll[field], axis=1)), dtype=dtype)
 
@@ -135,6 +155,8 @@ class WTemplateProcessor(processor.ProcessorABC):
         corrections: Path of a correctionlib JSON with the scale factors and pileup weights;
             ``"example"`` (default) for the shipped example, ``None`` for no corrections (the scale
             factor and pileup variations are then recorded as skipped).
+        jet_calibration: A DNN jet calibration to apply (checked when it is constructed), or None to keep
+            NanoAOD's jets and MET.
     """
 
     def __init__(
@@ -144,7 +166,14 @@ class WTemplateProcessor(processor.ProcessorABC):
         signal_datasets: Collection[str] = (),
         coefficients: AngularCoefficients | None = None,
         corrections: str | os.PathLike[str] | None = "example",
+        jet_calibration: JetCalibration | None = None,
     ) -> None:
+        if jet_calibration is not None and not isinstance(jet_calibration, JetCalibration):
+            raise TypeError(
+                "WTemplateProcessor(jet_calibration=...) takes a wfit.processors.JetCalibration, got "
+                f"{type(jet_calibration).__name__}: wrap the model path, JetCalibration('model.onnx')"
+            )
+        self.jet_calibration = jet_calibration
         self.config = config or TemplateConfig()
         self.signal_datasets = frozenset(signal_datasets)
         if self.signal_datasets and coefficients is None:
@@ -163,6 +192,14 @@ class WTemplateProcessor(processor.ProcessorABC):
         state = dict(self.__dict__)
         state["_cset"] = None
         return state
+
+    def preflight(self, fileset: Mapping[str, Any]) -> dict[str, str]:
+        """Check the inputs before any chunk is processed (the jet calibration's branches in every file).
+
+        :func:`run_templates` calls it. Returns ``{file: "model" or "fallback"}`` (empty without a jet
+        calibration); raises ``ValueError`` naming the file, the missing branches and the fix.
+        """
+        return jet_models_used(self.jet_calibration, fileset)
 
     @property
     def cset(self) -> Any:
@@ -219,8 +256,10 @@ class WTemplateProcessor(processor.ProcessorABC):
                         "sumw": 0.0,
                         "sumw_sign": 0.0,
                         "nevents": 0,
+                        "nonfinite_events": 0,
                         "skipped": set(),
                         "kind": {kind},
+                        "jet_calibration": set(),
                     }
                 )
             }
@@ -230,7 +269,7 @@ class WTemplateProcessor(processor.ProcessorABC):
     def _leptons(self, events: Any) -> tuple[Leptons, Leptons]:
         cfg = self.config
         mu_fields = ["pt", "eta", "phi", "charge", "looseId"]
-        ele_fields = ["pt", "eta", "phi", "charge", "cutBased"]
+        ele_fields = ["pt", "eta", "cutBased"] + (["phi", "charge"] if cfg.channel == "e" else [])
         cand_extra = ["dxy", "dz"]
         if cfg.channel == "mu":
             mu_fields += ["tightId", "pfRelIso04_all", *cand_extra]
@@ -262,8 +301,9 @@ class WTemplateProcessor(processor.ProcessorABC):
                 counts=n_ele,
                 pt=_flat(ele, "pt"),
                 eta=_flat(ele, "eta"),
-                phi=_flat(ele, "phi"),
-                charge=_flat(ele, "charge", np.int64),
+                # The muon channel vetoes electrons on pT, eta and ID only: phi and charge are not read.
+                phi=zeros(n_ele),
+                charge=zeros(n_ele, np.int64),
                 iso=zeros(n_ele),
                 tight=cut >= cfg.electron_id_min,
                 loose=cut >= cfg.veto_electron_id_min,
@@ -297,6 +337,24 @@ class WTemplateProcessor(processor.ProcessorABC):
                 dz=_flat(ele, "dz"),
             )
         return muons, electrons
+
+    def _finite_events(self, events: Any, is_mc: bool) -> np.ndarray:
+        """Per event: genWeight (MC), MET and every muon's and electron's pT, eta and phi are finite."""
+        ok = np.ones(len(events), dtype=bool)
+        fields = set(events.fields)
+        if is_mc:
+            ok &= np.isfinite(np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64))
+        for name in ("MET", "PFMET"):
+            if name in fields and {"pt", "phi"} <= set(events[name].fields):
+                for var in ("pt", "phi"):
+                    ok &= np.isfinite(np.asarray(ak.to_numpy(events[name][var]), dtype=np.float64))
+                break
+        for coll in ("Muon", "Electron"):  # missing collections/fields are reported by _leptons
+            if coll in fields:
+                for var in ("pt", "eta", "phi"):
+                    if var in events[coll].fields:
+                        ok &= ak.to_numpy(ak.all(np.isfinite(events[coll][var]), axis=1))
+        return ok
 
     @staticmethod
     def _met(events: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -350,6 +408,14 @@ class WTemplateProcessor(processor.ProcessorABC):
         res["nevents"] = n
         if n == 0:
             return out
+        finite = self._finite_events(events, is_mc)
+        n_bad = n - int(finite.sum())
+        if n_bad:
+            # Policy: an event with a NaN or infinite weight or lepton/MET kinematic value is a corrupt record;
+            # it is dropped (from the histograms, the cutflow and the sums of weights) and counted.
+            res["nonfinite_events"] = n_bad
+            events = events[finite]
+            n = len(events)
         skipped: set[str] = res["skipped"]
 
         def skip(variation: str, reason: str) -> None:
@@ -358,6 +424,11 @@ class WTemplateProcessor(processor.ProcessorABC):
         muons, electrons = self._leptons(events)
         met_pt, met_phi = self._met(events)
         sel = select_events(muons, electrons, met_pt, met_phi, cfg)
+        jets: JetMET | None = None
+        if self.jet_calibration is not None:
+            jets = self.jet_calibration.evaluate(events, met_pt, met_phi)
+            res["jet_calibration"].add(f"{os.path.basename(jets.model)} ({fname})")
+            sel = _with_met(sel, *jets.met_xy(sel.mask))
 
         if is_mc:
             gw = np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64)  # float32 in the file
@@ -417,12 +488,25 @@ class WTemplateProcessor(processor.ProcessorABC):
                 fills.append((name, coords, (w_sel * ratio[sel.mask])[r_sr] * f_sr))
             for name, ratio in self._lhe_variations(events, sel.mask, skip).items():
                 fills.append((name, coords, (w_sel * ratio)[r_sr] * f_sr))
+            # Jet calibration: the same events and lepton, another MET, hence mT and signal-region membership.
+            if jets is not None:
+                for tag in ("Up", "Down"):
+                    jsel = _with_met(sel, *jets.met_xy(sel.mask, tag.lower()))
+                    keep = self._signal_region(jsel)[rep]
+                    r2 = rep[keep]
+                    jcoords = dict(component=comp[keep], charge=sel.charge[r2], eta=sel.eta[r2], pt=sel.pt[r2])
+                    fills.append((f"jetCalib{tag}", jcoords, w_sel[r2] * fac[keep]))
             # Varied kinematics: re-select and fill.
             if cfg.curvature is not None:
-                for name, vmuons, vmet_pt, vmet_phi in self._curvature_variations(
+                for name, vmuons, vmet_pt, vmet_phi, muon_dmet in self._curvature_variations(
                     events, muons, met_pt, met_phi
                 ):
                     vsel = select_events(vmuons, electrons, vmet_pt, vmet_phi, cfg)
+                    if jets is not None:
+                        # The muons' change of the MET plus the jets' (as for the nominal MET).
+                        m = vsel.mask
+                        jx, jy = jets.met_xy(m)
+                        vsel = _with_met(vsel, jx + muon_dmet[0][m], jy + muon_dmet[1][m])
                     vsr = self._signal_region(vsel)
                     vrep, vcomp, vfac = expand(vsel.mask)
                     vlep_w, _ = self._lepton_weights(vsel, is_mc, None)
@@ -491,13 +575,15 @@ class WTemplateProcessor(processor.ProcessorABC):
             else:
                 arrs = [
                     np.asarray(ak.to_numpy(events[b] if f is None else events[b][f]), dtype=np.float64)
-                    for b, f in names
+                    for b, f in (names if cfg.variations else names[:1])  # Up/Down only when filled
                 ]
-                nom, up, down = arrs
+                nom = arrs[0]
                 w = w * nom
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    variations["prefireUp"] = np.where(nom != 0, up / nom, 1.0)
-                    variations["prefireDown"] = np.where(nom != 0, down / nom, 1.0)
+                if cfg.variations:
+                    up, down = arrs[1:]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        variations["prefireUp"] = np.where(nom != 0, up / nom, 1.0)
+                        variations["prefireDown"] = np.where(nom != 0, down / nom, 1.0)
         return w, variations
 
     def _lepton_weights(
@@ -546,7 +632,8 @@ class WTemplateProcessor(processor.ProcessorABC):
 
     def _curvature_variations(
         self, events: Any, muons: Leptons, met_pt: np.ndarray, met_phi: np.ndarray
-    ) -> Iterator[tuple[str, Leptons, np.ndarray, np.ndarray]]:
+    ) -> Iterator[tuple[str, Leptons, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]]:
+        """Varied muons, the MET (pt, phi) that balances their pT change, and that change's (x, y)."""
         cv = self.config.curvature
         assert cv is not None
         abseta = np.abs(muons.eta)
@@ -556,12 +643,13 @@ class WTemplateProcessor(processor.ProcessorABC):
         n = len(muons.counts)
         normal = None
 
-        def with_met(pt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def with_met(pt: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
             # The MET balances the change of the muon transverse momenta.
             d = pt - muons.pt
-            mx = metx - np.bincount(evt, weights=d * cosphi, minlength=n)
-            my = mety - np.bincount(evt, weights=d * sinphi, minlength=n)
-            return np.hypot(mx, my), np.arctan2(my, mx)
+            dx = np.bincount(evt, weights=d * cosphi, minlength=n)
+            dy = np.bincount(evt, weights=d * sinphi, minlength=n)
+            mx, my = metx - dx, mety - dy
+            return np.hypot(mx, my), np.arctan2(my, mx), (-dx, -dy)
 
         for r in range(len(cv.abseta_edges) - 1):
             region = (abseta >= cv.abseta_edges[r]) & (abseta < cv.abseta_edges[r + 1])
@@ -646,6 +734,9 @@ def local_cluster(n_workers: int = 2, *, processes: bool = True, trim_malloc: bo
             processes=processes,
             host="127.0.0.1",
             dashboard_address=None,
+            # The scheduler's HTTP server (/health, /metrics) still starts without a dashboard, on port 8787
+            # unless told otherwise: a second cluster on the machine would fail to start.
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         )
         try:
             with Client(cluster) as client:
@@ -664,6 +755,7 @@ def run_templates(
     chunksize: int = 500_000,
     status: bool = False,
     retries: int = 3,
+    align_clusters: bool = True,
 ) -> Any:
     """Run a processor over ``{dataset: [files]}`` with coffea's ``processor.Runner`` (NanoAODSchema).
 
@@ -678,6 +770,9 @@ def run_templates(
         status: Show coffea's progress bars.
         retries: Retries of a failed chunk (coffea's default 3; 0 fails at once, e.g. for deterministic
             errors such as a file without ``luminosityBlock``).
+        align_clusters: Cut chunks at the file's cluster (basket) boundaries, so that no basket is read and
+            decompressed by two chunks (chunks may then exceed ``chunksize`` by up to one cluster). Measured on
+            1M toy events in 250k-event baskets with 150k-event chunks: 2.4 s without, 1.6 s with it.
 
     Returns:
         The accumulated output (for :class:`WTemplateProcessor`, ``{dataset: Accumulator}``).
@@ -694,6 +789,7 @@ def run_templates(
                 chunksize=chunksize,
                 status=status,
                 retries=retries,
+                align_clusters=align_clusters,
             )
     if executor == "iterative":
         ex = processor.IterativeExecutor(status=status, retries=retries)
@@ -703,5 +799,8 @@ def run_templates(
         ex = processor.DaskExecutor(client=client, status=status, retries=retries)
     else:
         raise ValueError(f"executor must be 'iterative', 'futures' or 'dask', got {executor!r}")
-    runner = processor.Runner(executor=ex, schema=NanoAODSchema, chunksize=chunksize)
+    preflight = getattr(processor_instance, "preflight", None)
+    if preflight is not None:
+        preflight(fileset)  # inputs that cannot work fail here, not inside a worker
+    runner = processor.Runner(executor=ex, schema=NanoAODSchema, chunksize=chunksize, align_clusters=align_clusters)
     return runner(dict(fileset), processor_instance=processor_instance, treename="Events")

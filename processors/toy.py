@@ -5,6 +5,9 @@ The files are TTrees (``uproot``'s ``mktree`` + ``extend``) named ``Events`` tha
 ``nMuon/Muon_*``, ``nElectron/Electron_*``, ``MET_*``, ``nJet/Jet_*`` and, for Monte Carlo,
 ``nGenPart/GenPart_*`` (the boson and its decay products with ``statusFlags``), ``genWeight``,
 ``LHEScaleWeight`` (9), ``LHEPdfWeight``, ``Pileup_nTrueInt`` and ``L1PreFiringWeight_{Nom,Up,Dn}``.
+With ``ToyConfig(pfnano=True)`` the jets get ``Jet_rawFactor``/``Jet_area``, the events
+``fixedGridRhoFastjetAll``, and the PFNano jet constituents ``PFCands_*``, ``JetPFCands_*`` and ``JetSVs_*``
+(for the DNN jet calibration, :mod:`wfit.processors.jetcorr`).
 
 Physics model (all numbers configurable in :class:`ToyConfig`; GeV):
 
@@ -22,6 +25,11 @@ Physics model (all numbers configurable in :class:`ToyConfig`; GeV):
   not reconstructed if |eta| > 2.4, and fails ``looseId`` otherwise; its pT goes into the MET);
   ``"fakes"``: non-prompt muons from jets, pT 15 + exponential(12), isolation 0.02 + exponential(0.35),
   small MET (Gaussian 8 GeV per component), i.e. non-isolated and at low mT;
+* jets (not correlated with the W): Poisson(2) per event, pT 20 + exponential(20), |eta| < 4.7; with
+  ``pfnano``: raw pT = pT / (1.05 + 0.5 exp(-pT / 30)), charged and neutral constituents (1 + Poisson(0.08 and
+  0.05 raw pT) of them) sharing the raw pT with exponential weights, in random order, and Poisson(0.3)
+  secondary vertices per jet. These extra draws come after all others, so ``pfnano=False`` files are
+  unchanged;
 * ``yield_scale[charge, |y_W| bin]`` < 1 removes W events by acceptance-rejection (after drawing
   ``n_events`` candidates), which injects cross sections per bin relative to the nominal.
 
@@ -84,6 +92,7 @@ class ToyConfig:
         n_pdf: Number of ``LHEPdfWeight`` members (nominal first).
         negative_weight_fraction: Fraction of events with a negative genWeight.
         gen_weight: |genWeight|.
+        pfnano: Also write raw-pT factors, jet areas, rho and PFNano jet constituents.
     """
 
     absy_edges: tuple[float, ...] = tuple(float(x) for x in np.round(np.arange(0.0, 2.5001, 0.25), 6))
@@ -99,6 +108,7 @@ class ToyConfig:
     n_pdf: int = 33
     negative_weight_fraction: float = 0.0
     gen_weight: float = 1.0
+    pfnano: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.absy_edges)
@@ -413,6 +423,8 @@ def generate_events(
         "Jet": _jagged(n_jet, **jet),
     }
     if is_data:
+        if cfg.pfnano:
+            _add_pfnano(rng, cols, n_jet, jet)
         return cols
     gw = np.where(rng.random(n) < cfg.negative_weight_fraction, -cfg.gen_weight, cfg.gen_weight)
     cols["genWeight"] = gw.astype(np.float32)
@@ -478,7 +490,72 @@ def generate_events(
         cols["Muon"] = ak.with_field(
             cols["Muon"], ak.full_like(cols["Muon"].pt, -1, dtype=np.int16), "genPartIdx"
         )
+    if cfg.pfnano:
+        _add_pfnano(rng, cols, n_jet, jet)
     return cols
+
+
+def _add_pfnano(rng: np.random.Generator, cols: dict[str, Any], n_jet: np.ndarray, jet: dict) -> None:
+    """Add raw-pT factors, areas, rho and PFNano constituents (drawn last: other branches are unchanged)."""
+    n = len(n_jet)
+    nj = len(jet["pt"])
+    pt = jet["pt"].astype(np.float64)
+    raw = pt / (1.05 + 0.5 * np.exp(-pt / 30.0))
+    cols["Jet"] = ak.with_field(cols["Jet"], ak.unflatten((1.0 - raw / pt).astype(np.float32), n_jet), "rawFactor")
+    area = np.clip(rng.normal(0.5, 0.03, nj), 0.3, 0.7).astype(np.float32)
+    cols["Jet"] = ak.with_field(cols["Jet"], ak.unflatten(area, n_jet), "area")
+    cols["fixedGridRhoFastjetAll"] = rng.uniform(5.0, 40.0, n).astype(np.float32)
+    jet_event = np.repeat(np.arange(n), n_jet)
+    jet_local = np.arange(nj) - np.repeat(np.cumsum(n_jet) - n_jet, n_jet)
+    n_ch = 1 + rng.poisson(0.08 * raw)
+    n_ne = 1 + rng.poisson(0.05 * raw)
+    per_jet = n_ch + n_ne
+    total = int(per_jet.sum())
+    owner = np.repeat(np.arange(nj), per_jet)  # jet of each candidate, jets in event order
+    within = np.arange(total) - np.repeat(np.cumsum(per_jet) - per_jet, per_jet)
+    charged = within < n_ch[owner]
+    share = rng.exponential(1.0, total)
+    share /= np.bincount(owner, weights=share, minlength=nj)[owner]
+    cand_pt = raw[owner] * share
+    u = rng.random(total)
+    ch_id = np.where(u < 0.9, 211, np.where(u < 0.95, 11, 13)) * np.where(rng.random(total) < 0.5, 1, -1)
+    ne_id = np.where(rng.random(total) < 0.6, 22, 130)
+    d0 = np.where(charged, rng.normal(0.0, 0.01, total), 0.0)
+    pv = rng.choice(np.array([7, 6, 5, 4, 1, 0]), total, p=[0.8, 0.08, 0.04, 0.03, 0.03, 0.02])
+    n_cand_event = np.bincount(jet_event[owner], minlength=n) if nj else np.zeros(n, dtype=np.int64)
+    cand_local = np.arange(total) - np.repeat(np.cumsum(n_cand_event) - n_cand_event, n_cand_event)
+    cols["PFCands"] = _jagged(
+        n_cand_event,
+        pt=cand_pt.astype(np.float32),
+        eta=(jet["eta"][owner] + rng.normal(0.0, 0.1, total)).astype(np.float32),
+        phi=(jet["phi"][owner] + rng.normal(0.0, 0.1, total)).astype(np.float32),
+        mass=np.where(charged, 0.1396, 0.0).astype(np.float32),
+        charge=np.where(charged, np.sign(ch_id), 0).astype(np.int32),
+        pdgId=np.where(charged, ch_id, ne_id).astype(np.int32),
+        d0=d0.astype(np.float32),
+        d0Err=np.where(charged, 0.002 + rng.exponential(0.01, total), 0.0).astype(np.float32),
+        dz=np.where(charged, rng.normal(0.0, 0.05, total), 0.0).astype(np.float32),
+        pvAssocQuality=np.where(charged, pv, 0).astype(np.int32),
+    )
+    # Candidates are written jet by jet in random pT order; the link table points to them.
+    cols["JetPFCands"] = _jagged(
+        n_cand_event,
+        jetIdx=jet_local[owner].astype(np.int32),
+        pFCandsIdx=cand_local.astype(np.int32),
+    )
+    n_sv = rng.poisson(0.3, nj)
+    sv_owner = np.repeat(np.arange(nj), n_sv)
+    ns = len(sv_owner)
+    d3d = rng.exponential(0.5, ns)
+    cols["JetSVs"] = _jagged(
+        np.bincount(jet_event[sv_owner], minlength=n) if ns else np.zeros(n, dtype=np.int64),
+        pt=(raw[sv_owner] * rng.uniform(0.05, 0.4, ns)).astype(np.float32),
+        mass=(0.5 + rng.exponential(1.0, ns)).astype(np.float32),
+        d3d=d3d.astype(np.float32),
+        d3dsig=(d3d / (0.02 + rng.exponential(0.01, ns))).astype(np.float32),
+        ntracks=(2 + rng.poisson(1.0, ns)).astype(np.int32),
+        jetIdx=jet_local[sv_owner].astype(np.int32),
+    )
 
 
 def _concat(blocks: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ sign(genWeight); see :mod:`wfit.processors.processor`). Systematics:
 * ``effStat_eta{g}``: the ``effStat`` variation restricted to eta group ``g`` (``config.eff_groups``
   nuisances, see :mod:`wfit.processors.systematics`);
 * ``X`` from ``XUp``/``XDown`` pairs; ``pdf{i}`` and ``muonResolution_eta{r}`` (one-sided) mirrored;
+* ``jetCalib``: the DNN jet calibration's ``jetCalibUp``/``jetCalibDown`` (group ``jet``; with a
+  :class:`~wfit.processors.jetcorr.JetCalibration` in the processor);
 * ``fakeNorm``: lnN 1.3 on the fake estimate.
 
 Example:
@@ -48,6 +50,7 @@ _GROUPS = (
     (re.compile(r"^pileup$"), "pileup"),
     (re.compile(r"^prefire$"), "prefire"),
     (re.compile(r"^muon(Scale|Resolution)"), "muon"),
+    (re.compile(r"^jetCalib$"), "jet"),
 )
 
 
@@ -217,7 +220,7 @@ def build_workspace(
         config: The processor's configuration (binning, component names, lumi uncertainty).
         lumi: Integrated luminosity in 1/pb.
         systematics: ``True`` for all, ``False`` for none but ``lumi``, or the nuisance groups to keep
-            (``"lumi"``, ``"eff"``, ``"QCDscale"``, ``"pdf"``, ``"pileup"``, ``"prefire"``, ``"muon"``).
+            (``"lumi"``, ``"eff"``, ``"QCDscale"``, ``"pdf"``, ``"pileup"``, ``"prefire"``, ``"muon"``, ``"jet"``).
         pseudo_data: Used when there is no data dataset: ``"asimov"`` or an integer seed for Poisson
             pseudo-data.
         fakes: Add the data-driven fake estimate (needs data).

@@ -310,3 +310,48 @@ def test_deterministic_normal_is_standard_normal() -> None:
         warnings.simplefilter("error")
         again = deterministic_normal(11, np.full(10, 1), np.full(10, 7), np.arange(10), np.zeros(10))
     np.testing.assert_array_equal(again, z[:10])
+
+
+def test_processors_public_api() -> None:
+    import wfit.processors
+
+    assert sorted(wfit.processors.__all__) == sorted(
+        [
+            "FEATURE_SOURCES",
+            "HELICITIES",
+            "Accumulator",
+            "AngularCoefficients",
+            "AngularCoefficientsProcessor",
+            "ChunkFailure",
+            "CurvatureVariation",
+            "JetCalibration",
+            "JetMET",
+            "Leptons",
+            "RobustRun",
+            "Sample",
+            "Selection",
+            "TemplateConfig",
+            "ToyConfig",
+            "WTemplateProcessor",
+            "build_workspace",
+            "collins_soper_costheta",
+            "default_corrections_path",
+            "fake_estimate",
+            "gen_w_from_events",
+            "generate_events",
+            "helicity_fractions",
+            "load_corrections",
+            "local_cluster",
+            "make_example_corrections",
+            "polarization_weights",
+            "process_templates",
+            "run_robust",
+            "run_templates",
+            "select_events",
+            "transverse_mass",
+            "type1_met",
+            "write_toy",
+        ]
+    )
+    for name in wfit.processors.__all__:
+        assert getattr(wfit.processors, name) is not None

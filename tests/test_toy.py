@@ -165,3 +165,30 @@ def test_backgrounds_are_what_they_claim(tmp_path: Path) -> None:
     iso = np.concatenate(f["Muon_pfRelIso04_all"])
     assert np.mean(iso > 0.15) > 0.5  # mostly non-isolated
     assert np.median(f["MET_pt"]) < 15.0  # small MET -> low mT
+
+
+def test_pfnano_option_adds_constituents_and_changes_nothing_else(tmp_path: Path) -> None:
+    plain = write_toy(tmp_path / "plain.root", 3000, process="W", seed=4)["path"]
+    pf = write_toy(tmp_path / "pf.root", 3000, process="W", seed=4, config=ToyConfig(pfnano=True))["path"]
+    a = uproot.open(plain)["Events"]
+    b = uproot.open(pf)["Events"]
+    extra = set(b.keys()) - set(a.keys())
+    assert {"Jet_rawFactor", "Jet_area", "fixedGridRhoFastjetAll", "PFCands_pt", "JetPFCands_jetIdx"} <= extra
+    assert set(a.keys()) <= set(b.keys())
+    # The extra draws come last: every branch of the plain file is identical.
+    xa, xb = a.arrays(library="np"), b.arrays(list(a.keys()), library="np")
+    for key in a.keys():
+        va, vb = xa[key], xb[key]
+        if va.dtype == object:  # jagged
+            va, vb = np.concatenate(list(va)), np.concatenate(list(vb))
+        np.testing.assert_array_equal(va, vb, err_msg=key)
+    # The constituents of each jet carry its raw pT (checked jet by jet through the link table).
+    c = b.arrays(
+        ["Jet_pt", "Jet_rawFactor", "JetPFCands_jetIdx", "JetPFCands_pFCandsIdx", "PFCands_pt"], library="np"
+    )
+    for i in range(200):
+        raw = c["Jet_pt"][i].astype(float) * (1 - c["Jet_rawFactor"][i].astype(float))
+        total = np.zeros(len(raw))
+        for j, k in zip(c["JetPFCands_jetIdx"][i], c["JetPFCands_pFCandsIdx"][i], strict=True):
+            total[j] += c["PFCands_pt"][i][k]
+        np.testing.assert_allclose(total, raw, rtol=1e-5)
