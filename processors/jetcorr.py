@@ -185,7 +185,13 @@ def _load_spec(path: str) -> FeatureSpec:
     import onnx
     import yaml
 
-    proto = onnx.load(path, load_external_data=False)
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError names neither the file nor the fix
+        raise ValueError(
+            f"{path}: not a readable ONNX model ({type(e).__name__}: {e}); pass the .onnx file written by "
+            "wfit.calib.export_onnx"
+        ) from e
     meta = {p.key: p.value for p in proto.metadata_props}
     sidecar = path + ".features.yaml"
     spec = None

@@ -208,6 +208,10 @@ def _save_checkpoint(path: str, state: dict[str, Any]) -> None:
             os.remove(tmp)
 
 
+def _state(output: Any, done: dict[str, bytes], files: dict[str, bytes]) -> dict[str, Any]:
+    return {"version": _CHECKPOINT_VERSION, "output": output, "done": done, "files": files}
+
+
 def _load_checkpoint(path: str) -> dict[str, Any]:
     from coffea.util import load
 
@@ -265,14 +269,16 @@ def run_robust(
 
     output = Accumulator()
     done: dict[str, bytes] = {}  # chunk key -> file UUID
+    done_files: dict[str, bytes] = {}  # file -> UUID, for the files with checkpointed chunks
     path = None if checkpoint is None else os.fspath(checkpoint)
     if path is not None and os.path.exists(path):
         state = _load_checkpoint(path)
         output, done = state["output"], dict(state["done"])
-        for item, key in zip(items, keys, strict=True):
-            if key in done and done[key] != item.fileuuid:
+        done_files.update(state["files"])
+        for item in items:
+            if done_files.get(item.filename, item.fileuuid) != item.fileuuid:
                 raise ValueError(
-                    f"checkpoint {path!r}: file {item.filename!r} changed since chunk {key} was checkpointed "
+                    f"checkpoint {path!r}: file {item.filename!r} changed since chunks of it were checkpointed "
                     "(another file UUID): delete the checkpoint to start again, or restore the file"
                 )
     todo = [(i, k) for i, k in zip(items, keys, strict=True) if k not in done]
@@ -285,10 +291,11 @@ def run_robust(
         item, key = todo[pos]
         output += result
         done[key] = item.fileuuid
+        done_files[item.filename] = item.fileuuid
         processed.append(key)
         since_save += 1
         if path is not None and since_save >= checkpoint_every:
-            _save_checkpoint(path, {"version": _CHECKPOINT_VERSION, "output": output, "done": done})
+            _save_checkpoint(path, _state(output, done, done_files))
             since_save = 0
 
     def fail(pos: int, e: BaseException) -> None:
@@ -336,6 +343,6 @@ def run_robust(
             for fut in futures:
                 fut.cancel()
     if path is not None and since_save:
-        _save_checkpoint(path, {"version": _CHECKPOINT_VERSION, "output": output, "done": done})
+        _save_checkpoint(path, _state(output, done, done_files))
     failures += [chunk_failures[p] for p in sorted(chunk_failures)]
     return RobustRun(output=output, failures=failures, processed=processed)
