@@ -158,15 +158,6 @@ def build(name: str, path: str, seed: int = 1) -> None:
         w.write(outfolder=os.path.dirname(path), outfilename=os.path.basename(path))
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def loop_time(fn, number: int) -> float:
     """Seconds per call of ``fn`` over ``number`` consecutive calls (timeit's method)."""
     t0 = time.perf_counter()

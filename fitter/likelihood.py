@@ -228,6 +228,11 @@ class Likelihood:
         return self._nobs.numpy()
 
     @property
+    def bb_masked(self) -> np.ndarray:
+        """Unmasked bins without Barlow-Beeston treatment (no MC statistics: sum w^2 = 0 or sum w = 0)."""
+        return self._bbmask.numpy()
+
+    @property
     def kstat(self) -> np.ndarray:
         """Effective MC statistics per unmasked bin, ``(sum w)^2 / sum w^2``."""
         return self._kstat.numpy()

@@ -87,7 +87,7 @@ def run_toys(ll: Likelihood, ntoys: int, *, seed: int = 0, x_gen: np.ndarray | N
     constrained = ll.ws.constraint_weights > 0
     # the expected yields at x_gen, without BB scaling (beta = 1 generates the nominal templates)
     nu = ll.asimov_data(x_gen)
-    kstat, bbmask = ll.kstat, ll._bbmask.numpy()
+    kstat, bbmask = ll.kstat, ll.bb_masked
     out_v, out_e, out_s, out_g = [], [], [], []
     iterator = range(ntoys)
     if progress:
