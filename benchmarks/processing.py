@@ -9,6 +9,8 @@ Measures events per second per core on toy W events (>= 1M by default) and on a 
 * ``nominal``: WTemplateProcessor with only the nominal weights (Runner + IterativeExecutor, 1 core);
 * ``all syst``: nominal plus every weight systematic and the momentum scale/resolution re-selections;
 * ``signal``: ``all syst`` plus the W charge x |y_W| x helicity decomposition (toy only);
+* ``DNN inputs: read only``: uproot reading the branches that the constituent model needs (toy only), the
+  part of the correction's cost that no implementation of it avoids;
 * ``+ DNN jets`` / ``+ DNN jets (jet-level)``: with the DNN jet calibration (:mod:`wfit.processors.jetcorr`):
   a Deep Sets model over PFNano constituents (``configs/pfnano.yaml``, toy only: the toy is written with
   ``ToyConfig(pfnano=True)``) or a jet-level model (toy and the real NanoAOD v12 file), each trained here on
@@ -181,6 +183,14 @@ def floor(files: list[str], cfg: TemplateConfig, step: int = 500_000) -> tuple[i
     return n_total, h
 
 
+def read_branches(files: list[str], branches: list[str], step: int) -> int:
+    """Only read (decompress and assemble) these branches with uproot, as NanoEvents would; the events read."""
+    n = 0
+    for a in uproot.iterate([f"{f}:Events" for f in files], branches, step_size=step, library="ak"):
+        n += len(a)
+    return n
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
@@ -315,6 +325,13 @@ def main(argv: list[str] | None = None) -> None:
         add("all syst", local(WTemplateProcessor(all_cfg)))
         add("all syst + DNN jets (jet-level)", local(WTemplateProcessor(all_cfg, jet_calibration=flat)))
         if is_toy:
+
+            def read_inputs(files: list[str] = files, chunk: int = chunk) -> tuple[int, int, float, float]:
+                c0 = cpu_seconds()
+                t, n = timed(lambda: read_branches(files, deep.branches("model"), chunk))
+                return 1, n, t, cpu_seconds() - c0
+
+            add("DNN inputs: read only", read_inputs)
             add("nominal + DNN jets", local(WTemplateProcessor(nominal_cfg, jet_calibration=deep)))
             add("all syst + DNN jets", local(WTemplateProcessor(all_cfg, jet_calibration=deep)))
             proc = WTemplateProcessor(all_cfg, signal_datasets={"ds"}, coefficients=coef)
@@ -386,6 +403,13 @@ def main(argv: list[str] | None = None) -> None:
                     f"{label}: {with_dnn}: the correction takes {(w[2] - b[2]) / w[2]:.0%} of the processor's time "
                     "(target <= 25%)"
                 )
+                r = med.get((label, "DNN inputs: read only"))
+                if r and "jet-level" not in with_dnn:
+                    print(
+                        f"{label}: {with_dnn}: reading the model's {len(deep.branches('model'))} input branches "
+                        f"takes {r[2]:.2f} s of the correction's {w[2] - b[2]:.2f} s; reading alone would be "
+                        f"{r[2] / (b[2] + r[2]):.0%} of the processor's time"
+                    )
 
 
 if __name__ == "__main__":

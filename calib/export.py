@@ -12,14 +12,14 @@ Export needs TensorFlow and tf2onnx; the loader needs onnxruntime only.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import yaml
 
 from .data import write_bytes_atomic, write_text_atomic
-from .features import FeatureSpec, build_inputs, chunks
+from .features import FeatureSpec, build_flat_inputs, chunks
 
 __all__ = ["METADATA_KEY", "OnnxCalibrator", "export_onnx", "read_feature_spec"]
 
@@ -139,11 +139,11 @@ class OnnxCalibrator:
     Args:
         path: The ``.onnx`` file written by :func:`export_onnx`.
         threads: onnxruntime intra-op threads (1 for one core per worker).
-        chunk_size: Jets per feature-building step; each chunk is padded to its own largest constituent
-            count.
+        chunk_size: Jets per feature-building step (:func:`wfit.calib.features.build_flat_inputs`).
         sub_batch: Within a chunk, jets are sorted by their number of constituents and run in sub-batches of
-            this many jets, each cut to its own largest count, so that little of the network's work is spent
-            on padding (outputs do not depend on padding: the model masks it). None runs the chunk at once.
+            this many jets, each padded to its own largest count, so that little of the building or the
+            network's work is spent on padding (outputs do not depend on padding: the model masks it). None
+            pads and runs the chunk at once.
         providers: onnxruntime execution providers; default CPU.
 
     Example:
@@ -155,8 +155,8 @@ class OnnxCalibrator:
         self,
         path: str,
         threads: int = 1,
-        chunk_size: int = 10_000,
-        sub_batch: int | None = 512,
+        chunk_size: int = 100_000,
+        sub_batch: int | None = 2048,
         providers: list[str] | None = None,
     ) -> None:
         if chunk_size < 1 or (sub_batch is not None and sub_batch < 1):
@@ -216,10 +216,8 @@ class OnnxCalibrator:
             return self._run(inputs)
         # Padding sits after the real constituents, so a jet's count is its mask's sum.
         counts = {c.name: inputs[f"{c.name}_mask"].sum(axis=1).astype(np.int64) for c in spec.constituents}
-        order = np.argsort(sum(counts.values()), kind="stable")
         out = np.empty(n, dtype=np.float32)
-        for start in range(0, n, self.sub_batch):
-            rows = order[start : start + self.sub_batch]
+        for rows in self._sub_batches(sum(counts.values())):
             feed = {"jet_numerical": inputs["jet_numerical"][rows]}
             for name in spec.jet_categorical:
                 feed[name] = inputs[name][rows]
@@ -229,6 +227,13 @@ class OnnxCalibrator:
                     feed[name] = np.ascontiguousarray(inputs[name][rows, :m])
             out[rows] = self._run(feed)
         return out
+
+    def _sub_batches(self, counts: np.ndarray) -> Iterator[np.ndarray]:
+        """Jet indices in sub-batches of ``sub_batch`` jets with similar constituent counts."""
+        assert self.sub_batch is not None
+        order = np.argsort(counts, kind="stable")
+        for start in range(0, len(order), self.sub_batch):
+            yield order[start : start + self.sub_batch]
 
     def _run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         feed = {name: inputs[name] for name in self.spec.input_names}
@@ -245,7 +250,17 @@ class OnnxCalibrator:
         """
         spec = self.spec
         needed = {k: arrays[k] for k in spec.branches if k in arrays}
-        out = [self.run(build_inputs(chunk, spec)) for chunk in chunks(needed, self.chunk_size)]
+        out = []
+        for chunk in chunks(needed, self.chunk_size):
+            flat = build_flat_inputs(chunk, spec)
+            if self.sub_batch is None or flat.n_jets <= self.sub_batch or not spec.constituents:
+                out.append(self._run(flat.pad()))
+                continue
+            # Each sub-batch is padded on its own, to its jets' largest count: little padding to build or run.
+            pred = np.empty(flat.n_jets, dtype=np.float32)
+            for rows in self._sub_batches(flat.counts()):
+                pred[rows] = self._run(flat.pad(rows))
+            out.append(pred)
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def correction(self, arrays: Mapping[str, Any]) -> np.ndarray:

@@ -47,6 +47,8 @@ __all__ = [
     "ConstituentSpec",
     "FeatureError",
     "FeatureSpec",
+    "FlatInputs",
+    "build_flat_inputs",
     "build_inputs",
     "chunks",
     "derived_feature",
@@ -318,33 +320,85 @@ def _flat_counts(arrays: Mapping[str, Any], name: str) -> tuple[np.ndarray, np.n
     return flat, np.diff(offsets)
 
 
-class _Scatter:
-    """Where each flat constituent goes in a zero-padded ``(n_jets * m)`` buffer (computed once per type)."""
+def _cap(offsets: np.ndarray, max_count: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """Rows kept (None: all) and the new offsets when each jet keeps its first ``max_count`` constituents."""
+    counts = np.diff(offsets)
+    if not len(counts) or counts.max() <= max_count:
+        return None, offsets
+    within = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1], counts)
+    capped = np.zeros_like(offsets)
+    np.cumsum(np.minimum(counts, max_count), out=capped[1:])
+    return within < max_count, capped
 
-    def __init__(self, offsets: np.ndarray, max_count: int) -> None:
-        counts = np.diff(offsets)
-        self.n = len(counts)
-        self.m = max(1, min(int(counts.max(initial=0)), int(max_count)))
-        total = int(offsets[-1])
-        # target = jet * m + (index within the jet) = arange(total) + repeat(jet * m - start, counts)
-        target = np.arange(total, dtype=np.int64)
-        target += np.repeat(np.arange(self.n, dtype=np.int64) * self.m - offsets[:-1], counts)
-        self.keep = None
-        if total and counts.max() > self.m:
-            self.keep = (target - np.repeat(np.arange(self.n, dtype=np.int64) * self.m, counts)) < self.m
-            target = target[self.keep]
-        self.target = target
 
-    def __call__(self, columns: Sequence[np.ndarray], dtype: Any) -> np.ndarray:
-        out = np.zeros((self.n * self.m, len(columns)), dtype=dtype)
-        for j, column in enumerate(columns):
-            out[self.target, j] = column if self.keep is None else column[self.keep]
-        return out.reshape(self.n, self.m, len(columns))
+def _pad(
+    values: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scatter flat rows ``values`` (one per constituent, ``(total, k)``) of the jets ``rows`` (all by
+    default) into a zero-padded ``(n, m, k)`` array, ``m`` the largest count among them (at least 1).
 
-    def mask(self) -> np.ndarray:
-        mask = np.zeros(self.n * self.m, dtype=np.float32)
-        mask[self.target] = 1.0
-        return mask.reshape(self.n, self.m)
+    Returns the padded array, the float32 ``(n, m)`` mask, and ``(dst, src)`` index arrays for other
+    columns of the same constituents (see :meth:`FlatInputs.pad`).
+    """
+    if rows is None:
+        starts, counts = offsets[:-1], np.diff(offsets)
+    else:
+        starts = offsets[:-1][rows]
+        counts = offsets[1:][rows] - starts
+    n = len(counts)
+    m = max(1, int(counts.max(initial=0)))
+    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    src = np.repeat(starts, counts) + within
+    dst = np.repeat(np.arange(n, dtype=np.int64) * m, counts) + within
+    out = np.zeros((n * m, values.shape[1]), dtype=values.dtype)
+    out[dst] = values[src]
+    mask = np.zeros(n * m, dtype=np.float32)
+    mask[dst] = 1.0
+    return out.reshape(n, m, values.shape[1]), mask.reshape(n, m), np.stack([dst, src])
+
+
+@dataclass(frozen=True)
+class _FlatType:
+    """One constituent type's features, flat over its constituents (after the ``max_count`` cap)."""
+
+    numerical: np.ndarray  # float32 (total, n_numerical)
+    categorical: np.ndarray  # int32 (total, n_categorical)
+    categorical_names: tuple[str, ...]
+    offsets: np.ndarray  # int64 (n_jets + 1,)
+
+
+class FlatInputs:
+    """The model's inputs before padding: per-jet arrays and each constituent type's flat rows.
+
+    :meth:`pad` turns any subset of the jets into the model's named inputs, each constituent type padded
+    to the largest count among those jets only; :func:`build_inputs` is ``build_flat_inputs(...).pad()``.
+    Inference sorts the jets by their number of constituents and pads small groups of similar jets, so
+    that neither building nor the network spends time on padding.
+    """
+
+    def __init__(self, jet: dict[str, np.ndarray], types: dict[str, _FlatType]) -> None:
+        self.jet = jet
+        self.types = types
+        self.n_jets = len(jet["jet_numerical"])
+
+    def counts(self) -> np.ndarray:
+        """Constituents per jet (all types, after the caps)."""
+        total = np.zeros(self.n_jets, dtype=np.int64)
+        for t in self.types.values():
+            total += np.diff(t.offsets)
+        return total
+
+    def pad(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The model's named inputs of the jets ``rows`` (indices, in that order; all jets by default)."""
+        out = {name: (v if rows is None else v[rows]) for name, v in self.jet.items()}
+        for name, t in self.types.items():
+            numerical, mask, (dst, src) = _pad(t.numerical, t.offsets, rows)
+            out[f"{name}_numerical"], out[f"{name}_mask"] = numerical, mask
+            for j, feature in enumerate(t.categorical_names):
+                cat = np.zeros(mask.size, dtype=np.int32)
+                cat[dst] = t.categorical[src, j]
+                out[feature] = cat.reshape(mask.shape)
+        return out
 
 
 def pad_constituents(
@@ -369,8 +423,14 @@ def pad_constituents(
     counts = np.asarray(counts, dtype=np.int64)
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    scatter = _Scatter(offsets, max_count)
-    return scatter(columns, dtype), scatter.mask()
+    values = np.empty((int(offsets[-1]), len(columns)), dtype=dtype)
+    for j, column in enumerate(columns):
+        values[:, j] = column
+    keep, offsets = _cap(offsets, max_count)
+    if keep is not None:
+        values = values[keep]
+    padded, mask, _ = _pad(values, offsets, None)
+    return padded, mask
 
 
 def _check_finite(name: str, values: np.ndarray) -> np.ndarray:
@@ -438,14 +498,23 @@ def build_inputs(arrays: Mapping[str, Any], spec: FeatureSpec) -> dict[str, np.n
         FeatureError: A branch is missing, the counts of one constituent type disagree, or a transformed
             value is not finite.
     """
+    return build_flat_inputs(arrays, spec).pad()
+
+
+def build_flat_inputs(arrays: Mapping[str, Any], spec: FeatureSpec) -> FlatInputs:
+    """The model's inputs before padding (transformed, checked and capped as :func:`build_inputs`'s).
+
+    Args and raises as :func:`build_inputs`.
+    """
     tr = spec.transform
     jet_cols = [_check_finite(n, tr.apply(n, _jet_column(arrays, n))) for n in spec.jet_numerical]
-    inputs: dict[str, np.ndarray] = {"jet_numerical": np.stack(jet_cols, axis=1)}
+    jet: dict[str, np.ndarray] = {"jet_numerical": np.stack(jet_cols, axis=1).astype(np.float32, copy=False)}
     n_jets = len(jet_cols[0])
     for name in spec.jet_categorical:
-        inputs[name] = tr.index(name, _jet_column(arrays, name))
+        jet[name] = tr.index(name, _jet_column(arrays, name))
 
     jet_cache: dict[str, np.ndarray] = {}
+    types: dict[str, _FlatType] = {}
     for c in spec.constituents:
         flats: dict[str, np.ndarray] = {}
         offsets = None
@@ -473,20 +542,23 @@ def build_inputs(arrays: Mapping[str, Any], spec: FeatureSpec) -> dict[str, np.n
                 repeated[jet_branch] = np.repeat(jet_cache[jet_branch], counts)
             return repeated[jet_branch]
 
-        numerical = []
-        for feature in c.numerical:
+        total = int(offsets[-1])
+        numerical = np.empty((total, len(c.numerical)), dtype=np.float32)
+        for j, feature in enumerate(c.numerical):
             base = derived_feature(feature)
             if base is None:
                 raw = flats[feature]
             else:
                 raw = _derive(feature, flats[base[0]], per_constituent(base[1]))
-            numerical.append(_check_finite(feature, tr.apply(feature, raw)))
-        scatter = _Scatter(offsets, c.max_count)
-        inputs[f"{c.name}_numerical"] = scatter(numerical, np.float32)
-        inputs[f"{c.name}_mask"] = scatter.mask()
-        for feature in c.categorical:
-            inputs[feature] = scatter([tr.index(feature, flats[feature])], np.int32)[..., 0]
-    return inputs
+            numerical[:, j] = _check_finite(feature, tr.apply(feature, raw))
+        categorical = np.empty((total, len(c.categorical)), dtype=np.int32)
+        for j, feature in enumerate(c.categorical):
+            categorical[:, j] = tr.index(feature, flats[feature])
+        keep, offsets = _cap(offsets, c.max_count)
+        if keep is not None:
+            numerical, categorical = numerical[keep], categorical[keep]
+        types[c.name] = _FlatType(numerical, categorical, tuple(c.categorical), offsets)
+    return FlatInputs(jet, types)
 
 
 def target(arrays: Mapping[str, Any]) -> np.ndarray:

@@ -316,7 +316,7 @@ class JetCalibration:
         fallback_model: str | os.PathLike[str] | None = None,
         variation: float = 0.02,
         met_jet_pt_min: float = 15.0,
-        batch_size: int = 10_000,
+        batch_size: int = 100_000,
         threads: int = 1,
     ) -> None:
         if not 0.0 <= variation < 1.0:
@@ -468,26 +468,31 @@ class JetMET:
         met_pt = np.asarray(met_pt, dtype=np.float64)
         self._met = (met_pt * np.cos(met_phi), met_pt * np.sin(met_phi))
         self._constituents: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+        self._columns: dict[tuple[str, str], np.ndarray] = {}
+        self._link_rows: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray]] = {}
         self._delta: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ inputs
-    def _constituent_table(self, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(global jet index, {field: values}) of one constituent type, sorted by jet, then decreasing pT."""
-        if name in self._constituents:
-            return self._constituents[name]
+    def _column(self, coll: str, field: str) -> np.ndarray:
+        """Flat values of one constituent branch over the chunk (read once, shared by the types)."""
+        key = (coll, field)
+        if key not in self._columns:
+            self._columns[key] = _flat(self._events[coll][field])
+        return self._columns[key]
+
+    def _links(self, coll: str, link: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """(global jet index, flat row in ``coll``) of each constituent link; links to no jet are dropped."""
+        key = (coll, link)
+        if key in self._link_rows:
+            return self._link_rows[key]
         ev = self._events
-        coll, link, charge = _TYPES[name]
+        lk = ev[link if link is not None else coll]
+        n_per_event = ak.to_numpy(ak.num(lk, axis=1))
+        which = np.repeat(np.arange(len(n_per_event)), n_per_event)
+        jet_local = _flat(lk.jetIdx, np.int64)
         if link is None:
-            src = ev[coll]
-            n_per_event = ak.to_numpy(ak.num(src, axis=1))
-            which = np.repeat(np.arange(len(n_per_event)), n_per_event)
-            jet_local = _flat(src.jetIdx, np.int64)
             rows = np.arange(len(jet_local))
         else:
-            lk = ev[link]
-            n_per_event = ak.to_numpy(ak.num(lk, axis=1))
-            which = np.repeat(np.arange(len(n_per_event)), n_per_event)
-            jet_local = _flat(lk.jetIdx, np.int64)
             cand_local = _flat(lk.pFCandsIdx, np.int64)
             n_cand = ak.to_numpy(ak.num(ev[coll], axis=1)).astype(np.int64)
             cand_offsets = np.concatenate([[0], np.cumsum(n_cand)])
@@ -498,14 +503,20 @@ class JetMET:
                 )
             rows = cand_offsets[which] + cand_local
         ok = (jet_local >= 0) & (jet_local < self.counts[which])  # links to jets outside Jet are dropped
-        gjet = (self.offsets[which] + jet_local)[ok]
-        rows = rows[ok]
-        src = ev[coll]
+        self._link_rows[key] = ((self.offsets[which] + jet_local)[ok], rows[ok])
+        return self._link_rows[key]
+
+    def _constituent_table(self, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(global jet index, {field: values}) of one constituent type, sorted by jet, then decreasing pT."""
+        if name in self._constituents:
+            return self._constituents[name]
+        coll, link, charge = _TYPES[name]
+        gjet, rows = self._links(coll, link)
         cache: dict[str, np.ndarray] = {}
 
         def column(field: str) -> np.ndarray:
             if field not in cache:
-                cache[field] = _flat(src[field])[rows]
+                cache[field] = self._column(coll, field)[rows]
             return cache[field]
 
         if charge is not None:
@@ -525,6 +536,7 @@ class JetMET:
         over = np.flatnonzero(counts[gjet] > cap)
         if len(over):
             order = np.lexsort((-column("pt")[over].astype(np.float64), gjet[over]))
+            rows = rows.copy()  # (the link table is shared by the types)
             rows[over] = rows[over][order]  # the jets' blocks stay in place: gjet[over] is sorted already
             cache.clear()
         values: dict[str, np.ndarray] = {}
@@ -610,6 +622,7 @@ class JetMET:
         todo = mask & ~done
         if todo.any():
             self.ensure(todo)
+            todo = self._done & ~done  # every evaluated event at once: later masks mostly ask for the same
             on = np.repeat(todo, self.counts)
             events = np.flatnonzero(todo)
             position = np.cumsum(todo) - 1  # index of an event among those computed now

@@ -424,10 +424,23 @@ class WTemplateProcessor(processor.ProcessorABC):
         muons, electrons = self._leptons(events)
         met_pt, met_phi = self._met(events)
         sel = select_events(muons, electrons, met_pt, met_phi, cfg)
+        # Varied kinematics: re-selected events (their fills come last).
+        kinematic: list[tuple[str, Selection, tuple[np.ndarray, np.ndarray]]] = []
+        if is_mc and cfg.variations and cfg.curvature is not None:
+            for name, vmuons, vmet_pt, vmet_phi, muon_dmet in self._curvature_variations(
+                events, muons, met_pt, met_phi
+            ):
+                kinematic.append((name, select_events(vmuons, electrons, vmet_pt, vmet_phi, cfg), muon_dmet))
         jets: JetMET | None = None
         if self.jet_calibration is not None:
             jets = self.jet_calibration.evaluate(events, met_pt, met_phi)
             res["jet_calibration"].add(f"{os.path.basename(jets.model)} ({fname})")
+            # One inference over every event that some selection needs (run lazily per selection, the model
+            # would run once per variation on the few events that each adds).
+            needed = sel.mask.copy()
+            for _, vsel, _ in kinematic:
+                needed |= vsel.mask
+            jets.ensure(needed)
             sel = _with_met(sel, *jets.met_xy(sel.mask))
 
         if is_mc:
@@ -496,27 +509,20 @@ class WTemplateProcessor(processor.ProcessorABC):
                     r2 = rep[keep]
                     jcoords = dict(component=comp[keep], charge=sel.charge[r2], eta=sel.eta[r2], pt=sel.pt[r2])
                     fills.append((f"jetCalib{tag}", jcoords, w_sel[r2] * fac[keep]))
-            # Varied kinematics: re-select and fill.
-            if cfg.curvature is not None:
-                for name, vmuons, vmet_pt, vmet_phi, muon_dmet in self._curvature_variations(
-                    events, muons, met_pt, met_phi
-                ):
-                    vsel = select_events(vmuons, electrons, vmet_pt, vmet_phi, cfg)
-                    if jets is not None:
-                        # The muons' change of the MET plus the jets' (as for the nominal MET).
-                        m = vsel.mask
-                        jx, jy = jets.met_xy(m)
-                        vsel = _with_met(vsel, jx + muon_dmet[0][m], jy + muon_dmet[1][m])
-                    vsr = self._signal_region(vsel)
-                    vrep, vcomp, vfac = expand(vsel.mask)
-                    vlep_w, _ = self._lepton_weights(vsel, is_mc, None)
-                    vw = evt_w[vsel.mask] * vlep_w
-                    keep = vsr[vrep]
-                    r2 = vrep[keep]
-                    vcoords = dict(
-                        component=vcomp[keep], charge=vsel.charge[r2], eta=vsel.eta[r2], pt=vsel.pt[r2]
-                    )
-                    fills.append((name, vcoords, vw[r2] * vfac[keep]))
+            for name, vsel, muon_dmet in kinematic:
+                if jets is not None:
+                    # The muons' change of the MET plus the jets' (as for the nominal MET).
+                    m = vsel.mask
+                    jx, jy = jets.met_xy(m)
+                    vsel = _with_met(vsel, jx + muon_dmet[0][m], jy + muon_dmet[1][m])
+                vsr = self._signal_region(vsel)
+                vrep, vcomp, vfac = expand(vsel.mask)
+                vlep_w, _ = self._lepton_weights(vsel, is_mc, None)
+                vw = evt_w[vsel.mask] * vlep_w
+                keep = vsr[vrep]
+                r2 = vrep[keep]
+                vcoords = dict(component=vcomp[keep], charge=vsel.charge[r2], eta=vsel.eta[r2], pt=vsel.pt[r2])
+                fills.append((name, vcoords, vw[r2] * vfac[keep]))
         h = self._syst_hist(kind == "signal", [f[0] for f in fills])
         for name, xy, weight in fills:
             h.fill(syst=name, **xy, weight=weight)
