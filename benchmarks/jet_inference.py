@@ -7,7 +7,7 @@ reference model (``configs/large.yaml``: 3 types padded to 64/64/8, per-constitu
 * jets/s/core for onnxruntime with 1 and 2 threads and for Keras ``predict_on_batch``, for batches of 1k,
   10k and 100k jets (inference in chunks of 10k), every number including the padding of awkward
   constituents into arrays (:func:`wfit.calib.build_inputs`); onnxruntime both as deployed (jets sorted by
-  constituent count into sub-batches of 512, each cut to its own largest count) and unsorted (each 10k
+  constituent count into sub-batches of 2048, each padded to its own largest count) and unsorted (each 10k
   chunk padded to its largest count), Keras unsorted;
 * the largest |ONNX - Keras| difference of each model;
 * the resolution of each model against the generator's floor, and what the deployed model loses.

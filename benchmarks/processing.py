@@ -15,8 +15,9 @@ Measures events per second per core on toy W events (>= 1M by default) and on a 
   a Deep Sets model over PFNano constituents (``configs/pfnano.yaml``, toy only: the toy is written with
   ``ToyConfig(pfnano=True)``) or a jet-level model (toy and the real NanoAOD v12 file), each trained here on
   seeded synthetic jets in a subprocess (TensorFlow stays out of the measuring process);
-* ``dask 1w`` / ``dask 2w``: ``all syst`` on a LocalCluster with 1 and 2 worker processes (distributed's
-  ``MALLOC_TRIM_THRESHOLD_`` worker setting removed), the same chunks for both. Besides the wall time, the
+* ``dask 1w`` / ``dask 2w``: ``all syst`` on :func:`wfit.processors.local_cluster` with 1 and 2 worker
+  processes (its worker settings: distributed's ``MALLOC_TRIM_THRESHOLD_`` removed, the statistical
+  profiler off), the same 100k-event chunks (coffea's default size) for both. Besides the wall time, the
   per-core rate is taken from the workers' task timings (distributed's task stream: the time spent in
   ``process``), so that scheduler and client overhead is not counted as worker time.
 
@@ -239,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--toy-events", type=int, default=None)
     parser.add_argument("--real-copies", type=int, default=None, help="copies of the 200-event real file")
     parser.add_argument("--chunksize", type=int, default=500_000, help="events per chunk, single core")
-    parser.add_argument("--dask-chunks", type=int, default=8, help="chunks per sample in the Dask runs")
+    parser.add_argument(
+        "--dask-chunksize", type=int, default=100_000, help="events per chunk in the Dask runs (coffea's default)"
+    )
     parser.add_argument("--repeat", type=int, default=None, help="runs of each implementation (median)")
     parser.add_argument("--only", default=None, help="comma-separated row names to run (e.g. floor,nominal)")
     parser.add_argument("--workdir", default=None, help="where to write the inputs (default: a temp dir)")
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     # Files in 25k-event baskets (clusters): chunks are cut at cluster boundaries (run_templates'
-    # align_clusters), so that the Dask chunks (1/8 of a sample) are equal and no basket is read twice.
+    # align_clusters), so that the Dask chunks (100k events) are equal and no basket is read twice.
     toy_path = work / f"toy_w_pfnano_{n_toy}.root"
     if not toy_path.exists():
         t_gen, _ = timed(
@@ -269,7 +272,6 @@ def main(argv: list[str] | None = None) -> None:
     if not real_path.exists():
         t_rep, _ = timed(lambda: replicate_real(REAL, copies, real_path))
         print(f"real file replicated into one file: {copies} copies in {t_rep:.1f} s")
-    n_real = copies * uproot.open(REAL)["Events"].num_entries
     if not (work / "deep.onnx").exists():
         t_train, _ = timed(
             lambda: subprocess.run(
@@ -283,14 +285,13 @@ def main(argv: list[str] | None = None) -> None:
     nominal_cfg = TemplateConfig(variations=False)
     all_cfg = TemplateConfig()
     coef = AngularCoefficients.constant(all_cfg, 0.2, -0.6)
-    samples = (("toy W", [str(toy_path)], True, n_toy), (f"real x{copies}", [str(real_path)], False, n_real))
+    samples = (("toy W", [str(toy_path)], True), (f"real x{copies}", [str(real_path)], False))
     only = set(args.only.split(",")) if args.only else None
     # (sample, name) -> list of (cores, events, wall seconds, CPU seconds of this process, or the Dask
     # workers' summed task seconds)
     results: dict[tuple[str, str], list[tuple[int, int, float, float | None]]] = {}
-    for label, files, is_toy, n_sample in samples:
+    for label, files, is_toy in samples:
         chunk = args.chunksize
-        dchunk = max(10_000, -(-n_sample // args.dask_chunks))
         runs: list[tuple[str, Callable[[], tuple[int, int, float, float | None]]]] = []
 
         def add(name: str, fn: Callable[[], tuple[int, int, float, float | None]], runs: list = runs) -> None:
@@ -347,15 +348,15 @@ def main(argv: list[str] | None = None) -> None:
                     trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
                     assert set(trim.values()) == {None}, trim  # distributed's setting is removed
                     proc = WTemplateProcessor(all_cfg)
-                    dask_run(client, files, proc, dchunk)  # warm-up: imports, file metadata
+                    dask_run(client, files, proc, args.dask_chunksize)  # warm-up: imports, file metadata
                     for rep in range(repeat):
-                        t, busy, out = dask_run(client, files, proc, dchunk)
+                        t, busy, out = dask_run(client, files, proc, args.dask_chunksize)
                         results.setdefault((label, f"all syst, dask {nw}w"), []).append(
                             (nw, out["ds"]["nevents"], t, busy)
                         )
                         print(f"  [{rep + 1}/{repeat}] {label:<12} dask {nw}w {t:7.2f} s (tasks {busy:.2f} s)")
 
-    print(f"\nmedians of {repeat} run(s); chunks: {args.chunksize} (Dask: 1/{args.dask_chunks})", end="")
+    print(f"\nmedians of {repeat} run(s); chunks: {args.chunksize} (Dask: {args.dask_chunksize})", end="")
     print(f"; cores: {os.cpu_count()}")
     print(
         f"{'sample':<12} {'implementation':<32} {'cores':>5} {'events':>9} {'s':>7} {'ev/s/core':>10} "

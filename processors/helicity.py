@@ -178,17 +178,17 @@ def gen_w_from_arrays(
     )
 
 
+#: The ``GenPart`` fields that :func:`gen_w_from_events` reads, in :func:`gen_w_from_arrays`' order.
+GEN_FIELDS = ("pdgId", "statusFlags", "pt", "eta", "phi")
+
+
 def gen_w_from_events(events: Any) -> GenW:
     """:func:`gen_w_from_arrays` on a NanoEvents chunk (reads ``GenPart_*``)."""
     import awkward as ak
 
     gp = events.GenPart
     counts = ak.to_numpy(ak.num(gp, axis=1))
-
-    def flat(field: str) -> np.ndarray:
-        return ak.to_numpy(ak.flatten(gp[field], axis=1))
-
-    return gen_w_from_arrays(counts, flat("pdgId"), flat("statusFlags"), flat("pt"), flat("eta"), flat("phi"))
+    return gen_w_from_arrays(counts, *(ak.to_numpy(ak.flatten(gp[f], axis=1)) for f in GEN_FIELDS))
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,7 @@ def process_chunk(item: Any, processor_instance: Any) -> Any:
         "entrystop": item.entrystop,
         "fileuuid": str(uuid.UUID(bytes=item.fileuuid)) if len(item.fileuuid) else "",
     }
+    branches = getattr(processor_instance, "branches", None)  # preloaded in one bulk read (see run_templates)
     with uproot.open({item.filename: None}) as f:
         events = NanoEventsFactory.from_root(
             file=f,
@@ -189,6 +190,7 @@ def process_chunk(item: Any, processor_instance: Any) -> Any:
             mode="virtual",
             entry_start=item.entrystart,
             entry_stop=item.entrystop,
+            preload=branches(item.dataset) if branches is not None else None,
         ).events()
         out = processor_instance.process(events)
     if out is None:

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -71,14 +72,17 @@ class Leptons:
         b = np.zeros(0, dtype=bool)
         return cls(np.zeros(n_events, dtype=np.int64), z, z, z, z.astype(np.int64), z, b, b, z, z)
 
-    @property
+    @functools.cached_property
     def event_index(self) -> np.ndarray:
         """Event index of each lepton."""
         return np.repeat(np.arange(len(self.counts)), self.counts)
 
     def with_pt(self, pt: np.ndarray, charge: np.ndarray | None = None) -> Leptons:
         """The same leptons with other transverse momenta (and charges)."""
-        return replace(self, pt=pt, charge=self.charge if charge is None else charge)
+        out = replace(self, pt=pt, charge=self.charge if charge is None else charge)
+        if "event_index" in self.__dict__:  # same counts: share the computed index
+            out.__dict__["event_index"] = self.event_index
+        return out
 
 
 @dataclass(frozen=True)
@@ -109,13 +113,9 @@ def transverse_mass(pt: np.ndarray, phi: np.ndarray, met_pt: np.ndarray, met_phi
     return np.sqrt(2.0 * pt * met_pt * (1.0 - np.cos(phi - met_phi)))
 
 
-def _per_event(counts: np.ndarray, flags: np.ndarray) -> np.ndarray:
-    n = len(counts)
-    if flags.size == 0:
-        return np.zeros(n, dtype=np.int64)
-    return np.bincount(np.repeat(np.arange(n), counts), weights=flags.astype(np.float64), minlength=n).astype(
-        np.int64
-    )
+def _per_event(leptons: Leptons, flags: np.ndarray) -> np.ndarray:
+    """Number of flagged leptons per event."""
+    return np.bincount(leptons.event_index[flags], minlength=len(leptons.counts))
 
 
 def select_events(
@@ -159,9 +159,9 @@ def select_events(
         same_veto, other_veto = mu_veto, ele_veto
     else:
         same_veto, other_veto = ele_veto, mu_veto
-    n_cand = _per_event(lep.counts, cand)
-    n_extra_same = _per_event(lep.counts, same_veto & ~cand)
-    n_extra_other = _per_event(other.counts, other_veto)
+    n_cand = _per_event(lep, cand)
+    n_extra_same = _per_event(lep, same_veto & ~cand)
+    n_extra_other = _per_event(other, other_veto)
     one = n_cand == 1
     step2 = one & (n_extra_same == 0)
     mask = step2 & (n_extra_other == 0)

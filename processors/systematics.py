@@ -139,9 +139,11 @@ def pdf_variations(lhe_pdf: np.ndarray) -> dict[str, np.ndarray]:
     Each member is one eigenvector direction (mirrored in the workspace); for sets with alphaS
     members (e.g. the last two of NNPDF3.1 Hessian's 103) those are treated the same way.
     """
-    ref = lhe_pdf[:, 0]
-    out = {}
+    ref = np.asarray(lhe_pdf[:, 0], dtype=np.float64)
+    # Member-major rows, written in one pass without temporaries: a column of the row-major matrix would be
+    # a strided read touching every row's cache line once per member.
+    ratios = np.empty((lhe_pdf.shape[1] - 1, lhe_pdf.shape[0]))
     with np.errstate(divide="ignore", invalid="ignore"):
-        for i in range(1, lhe_pdf.shape[1]):
-            out[f"pdf{i}"] = np.where(ref != 0, lhe_pdf[:, i] / ref, 1.0)
-    return out
+        np.divide(lhe_pdf[:, 1:].T, ref, out=ratios)
+    ratios[:, ref == 0] = 1.0
+    return {f"pdf{i + 1}": ratios[i] for i in range(len(ratios))}

@@ -336,6 +336,29 @@ def test_processor_mt_and_variations_match_reference(models: dict[str, str], toy
     assert syst[{"syst": "jetCalibUp"}].sum().value != syst[{"syst": "nominal"}].sum().value
 
 
+@pytest.mark.parametrize("which", ["toy", "nano_dy.root"])
+def test_declared_branches_cover_the_jet_calibration(models: dict[str, str], toy: str, which: str) -> None:
+    """The preloaded branch list holds every branch the corrected processor reads (NanoEvents' access log),
+    on PFNano constituents (toy) and through the jet-level fallback (nano_dy.root)."""
+    import warnings
+
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    proc = WTemplateProcessor(TemplateConfig(), jet_calibration=_calibration(models))
+    path = toy if which == "toy" else str(DATA / which)
+    log: list = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        events = NanoEventsFactory.from_root(
+            {path: "Events"}, schemaclass=NanoAODSchema, mode="virtual", access_log=log,
+            metadata={"dataset": "W", "filename": path},
+        ).events()
+        proc.process(events)
+    read = {entry.branch for entry in log}
+    assert any(b.startswith("PFCands_") for b in read) == (which == "toy")
+    assert read - set(proc.branches("W")) == set()
+
+
 def test_jet_calibration_nuisance_reaches_the_workspace(models: dict[str, str], toy: str, tmp_path: Path) -> None:
     from wfit.workspace import read_workspace
 

@@ -13,6 +13,7 @@ import uproot
 
 from wfit.processors import (
     Accumulator,
+    AngularCoefficients,
     Leptons,
     TemplateConfig,
     WTemplateProcessor,
@@ -355,3 +356,39 @@ def test_processors_public_api() -> None:
     )
     for name in wfit.processors.__all__:
         assert getattr(wfit.processors, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("fname", "signal", "variations"),
+    [
+        ("nano_tt_v12.root", False, True),
+        ("nano_tt_v12.root", False, False),
+        ("nano_tt_v15.root", False, True),
+        ("nano_dimuon.root", False, True),
+        ("nano_dy.root", True, True),
+    ],
+)
+def test_declared_branches_are_those_that_processing_reads(fname: str, signal: bool, variations: bool) -> None:
+    """The branches run_templates preloads equal what NanoEvents' access log records for one chunk: none
+    is read lazily behind the bulk read, and none that the file has is read for nothing."""
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    cfg = TemplateConfig(variations=variations)
+    extra = {"signal_datasets": {"ds"}, "coefficients": AngularCoefficients.constant(cfg, 0.1, 0.2)} if signal else {}
+    proc = WTemplateProcessor(cfg, **extra)
+    path = str(DATA / fname)
+    log: list = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        events = NanoEventsFactory.from_root(
+            {path: "Events"}, schemaclass=NanoAODSchema, mode="virtual", access_log=log,
+            metadata={"dataset": "ds", "filename": path},
+        ).events()
+        proc.process(events)
+    read = {entry.branch for entry in log}
+    declared = set(proc.branches("ds"))
+    in_file = declared & set(uproot.open(path)["Events"].keys())
+    assert read - declared == set()
+    if "genWeight" not in in_file:  # data: the list cannot tell data from MC; the smearing's event IDs are spare
+        in_file -= {"run", "luminosityBlock", "event"}
+    assert in_file - read == set()

@@ -222,6 +222,8 @@ def local_chain_cluster(
     from distributed import Client, Nanny, Scheduler, SpecCluster
     from distributed.system import MEMORY_LIMIT
 
+    from wfit.processors.processor import worker_settings
+
     def option(value: Any, key: str) -> Any:
         return (
             value if value is not None else dask.config.get(f"wfit.local-cluster.{key}", _LOCAL_CLUSTER_DEFAULTS[key])
@@ -255,11 +257,10 @@ def local_chain_cluster(
             "dashboard_address": dashboard if dashboard is not None else f"{host}:0",
         },
     }
-    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    if not trim_malloc:
-        env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    settings = worker_settings(trim_malloc)
+    env = settings["distributed.nanny.pre-spawn-environ"]
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, on the fit worker
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+    with dask.config.set(settings):
         cluster = SpecCluster(workers=spec, scheduler=scheduler, silence_logs=logging.WARNING, name="wfit-chain")
         try:
             with Client(cluster) as client:
