@@ -40,3 +40,25 @@ def dask_client() -> Iterator[Any]:
 
     with local_cluster(2) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def branches_read() -> Any:
+    """``read(processor, path, dataset)``: process one file as a single NanoEvents chunk and return the
+    branches that NanoEvents read (its access log), the reference for a processor's declared branches."""
+    import warnings
+
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    def read(processor: Any, path: str, dataset: str) -> set[str]:
+        log: list = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NanoAODSchema's notes on cross-references a file lacks
+            events = NanoEventsFactory.from_root(
+                {path: "Events"}, schemaclass=NanoAODSchema, mode="virtual", access_log=log,
+                metadata={"dataset": dataset, "filename": path},
+            ).events()
+            processor.process(events)
+        return {entry.branch for entry in log}
+
+    return read

@@ -337,24 +337,13 @@ def test_processor_mt_and_variations_match_reference(models: dict[str, str], toy
 
 
 @pytest.mark.parametrize("which", ["toy", "nano_dy.root"])
-def test_declared_branches_cover_the_jet_calibration(models: dict[str, str], toy: str, which: str) -> None:
+def test_declared_branches_cover_the_jet_calibration(
+    models: dict[str, str], toy: str, which: str, branches_read: Any
+) -> None:
     """The preloaded branch list holds every branch the corrected processor reads (NanoEvents' access log),
     on PFNano constituents (toy) and through the jet-level fallback (nano_dy.root)."""
-    import warnings
-
-    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
-
     proc = WTemplateProcessor(TemplateConfig(), jet_calibration=_calibration(models))
-    path = toy if which == "toy" else str(DATA / which)
-    log: list = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        events = NanoEventsFactory.from_root(
-            {path: "Events"}, schemaclass=NanoAODSchema, mode="virtual", access_log=log,
-            metadata={"dataset": "W", "filename": path},
-        ).events()
-        proc.process(events)
-    read = {entry.branch for entry in log}
+    read = branches_read(proc, toy if which == "toy" else str(DATA / which), "W")
     assert any(b.startswith("PFCands_") for b in read) == (which == "toy")
     assert read - set(proc.branches("W")) == set()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -368,24 +369,16 @@ def test_processors_public_api() -> None:
         ("nano_dy.root", True, True),
     ],
 )
-def test_declared_branches_are_those_that_processing_reads(fname: str, signal: bool, variations: bool) -> None:
+def test_declared_branches_are_those_that_processing_reads(
+    fname: str, signal: bool, variations: bool, branches_read: Any
+) -> None:
     """The branches run_templates preloads equal what NanoEvents' access log records for one chunk: none
     is read lazily behind the bulk read, and none that the file has is read for nothing."""
-    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
-
     cfg = TemplateConfig(variations=variations)
     extra = {"signal_datasets": {"ds"}, "coefficients": AngularCoefficients.constant(cfg, 0.1, 0.2)} if signal else {}
     proc = WTemplateProcessor(cfg, **extra)
     path = str(DATA / fname)
-    log: list = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        events = NanoEventsFactory.from_root(
-            {path: "Events"}, schemaclass=NanoAODSchema, mode="virtual", access_log=log,
-            metadata={"dataset": "ds", "filename": path},
-        ).events()
-        proc.process(events)
-    read = {entry.branch for entry in log}
+    read = branches_read(proc, path, "ds")
     declared = set(proc.branches("ds"))
     in_file = declared & set(uproot.open(path)["Events"].keys())
     assert read - declared == set()
