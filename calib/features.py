@@ -320,12 +320,17 @@ def _flat_counts(arrays: Mapping[str, Any], name: str) -> tuple[np.ndarray, np.n
     return flat, np.diff(offsets)
 
 
+def _within(counts: np.ndarray) -> np.ndarray:
+    """Each constituent's position within its jet, for jets with these counts laid out one after another."""
+    return np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def _cap(offsets: np.ndarray, max_count: int) -> tuple[np.ndarray | None, np.ndarray]:
     """Rows kept (None: all) and the new offsets when each jet keeps its first ``max_count`` constituents."""
     counts = np.diff(offsets)
     if not len(counts) or counts.max() <= max_count:
         return None, offsets
-    within = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1], counts)
+    within = _within(counts)
     capped = np.zeros_like(offsets)
     np.cumsum(np.minimum(counts, max_count), out=capped[1:])
     return within < max_count, capped
@@ -347,7 +352,7 @@ def _pad(
         counts = offsets[1:][rows] - starts
     n = len(counts)
     m = max(1, int(counts.max(initial=0)))
-    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    within = _within(counts)
     src = np.repeat(starts, counts) + within
     dst = np.repeat(np.arange(n, dtype=np.int64) * m, counts) + within
     out = np.zeros((n * m, values.shape[1]), dtype=values.dtype)
