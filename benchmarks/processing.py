@@ -17,9 +17,12 @@ Measures events per second per core on toy W events (>= 1M by default) and on a 
   seeded synthetic jets in a subprocess (TensorFlow stays out of the measuring process);
 * ``dask 1w`` / ``dask 2w``: ``all syst`` on :func:`wfit.processors.local_cluster` with 1 and 2 worker
   processes (its worker settings: distributed's ``MALLOC_TRIM_THRESHOLD_`` removed, the statistical
-  profiler off), the same 100k-event chunks (coffea's default size) for both. Besides the wall time, the
+  profiler off), the same 100k-event chunks (coffea's default size) for both, measured after the workers'
+  memory has reached its steady state (:func:`warm_up`; the warm-up runs are printed). Besides the wall time, the
   per-core rate is taken from the workers' task timings (distributed's task stream: the time spent in
-  ``process``), so that scheduler and client overhead is not counted as worker time.
+  ``process``), so that scheduler and client overhead is not counted as worker time;
+* ``dask 1w cold`` / ``dask 2w cold``: the first job of a fresh cluster (worker imports and heap growth
+  included) over ``--cold-files`` names of the toy file (4M events by default).
 
 Every implementation runs ``--repeat`` times, interleaved (round-robin), and the median is reported: the
 machine may be loaded by other work.
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -234,6 +238,49 @@ def dask_run(client: Any, files: list[str], proc: Any, chunk: int) -> tuple[floa
     return t, busy, out
 
 
+def linked_copies(path: Path, n: int) -> list[Path]:
+    """``n`` names for one file (hard links beside it, copies where links fail): a larger input for the
+    Dask runs without writing more events (coffea processes each name as its own file)."""
+    out = []
+    for i in range(n):
+        link = path.with_name(f"{path.stem}.copy{i}{path.suffix}")
+        if not link.exists():
+            try:
+                os.link(path, link)
+            except OSError:
+                shutil.copyfile(path, link)
+        out.append(link)
+    return out
+
+
+def warm_up(
+    client: Any, files: list[str], proc: Any, chunk: int, max_runs: int = 8, growth: float = 0.02
+) -> list[float]:
+    """Run until the workers' memory is in its steady state; the wall seconds of each warm-up run.
+
+    A fresh worker process grows its heap over its first 15-20 chunks, up to what the largest of them needs,
+    and every page it grows by is faulted in once (measured on 1M toy events, one worker: 130k page faults
+    and 0.5 s of system time in its first run, 4k faults and 0.05 s per run from the third on). With two
+    workers each sees half the chunks per run, so it needs about twice as many runs. The warm-up ends when
+    the workers' summed resident memory grew by less than ``growth`` over the last run; a Dask job over a
+    real dataset (hundreds of chunks per worker) spends nearly all its time in that steady state.
+    """
+    import psutil
+
+    def rss() -> int:
+        return sum(client.run(lambda: psutil.Process().memory_info().rss).values())
+
+    times: list[float] = []
+    before = rss()
+    while len(times) < max_runs:
+        times.append(dask_run(client, files, proc, chunk)[0])
+        after = rss()
+        if len(times) > 1 and after < before * (1 + growth):
+            break
+        before = after
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small samples (100k toy, 50k real events)")
@@ -242,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunksize", type=int, default=500_000, help="events per chunk, single core")
     parser.add_argument(
         "--dask-chunksize", type=int, default=100_000, help="events per chunk in the Dask runs (coffea's default)"
+    )
+    parser.add_argument(
+        "--cold-files", type=int, default=None, help="names of the toy file in the fresh-cluster Dask runs (0: none)"
     )
     parser.add_argument("--repeat", type=int, default=None, help="runs of each implementation (median)")
     parser.add_argument("--only", default=None, help="comma-separated row names to run (e.g. floor,nominal)")
@@ -254,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     n_toy = args.toy_events or (100_000 if args.quick else 1_000_000)
     copies = args.real_copies or (250 if args.quick else 3000)
     repeat = args.repeat or (1 if args.quick else 3)
+    if args.cold_files is None:
+        args.cold_files = 2 if args.quick else 4
     warnings.filterwarnings("ignore", "Missing cross-reference", RuntimeWarning)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wfit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -348,13 +400,24 @@ def main(argv: list[str] | None = None) -> None:
                     trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
                     assert set(trim.values()) == {None}, trim  # distributed's setting is removed
                     proc = WTemplateProcessor(all_cfg)
-                    dask_run(client, files, proc, args.dask_chunksize)  # warm-up: imports, file metadata
+                    warm = warm_up(client, files, proc, args.dask_chunksize)
+                    print(f"  {label:<12} dask {nw}w warm-up runs: " + ", ".join(f"{t:.2f} s" for t in warm))
                     for rep in range(repeat):
                         t, busy, out = dask_run(client, files, proc, args.dask_chunksize)
                         results.setdefault((label, f"all syst, dask {nw}w"), []).append(
                             (nw, out["ds"]["nevents"], t, busy)
                         )
                         print(f"  [{rep + 1}/{repeat}] {label:<12} dask {nw}w {t:7.2f} s (tasks {busy:.2f} s)")
+        if is_toy and args.cold_files and (only is None or "dask cold" in only):
+            # A first job on fresh clusters: worker imports and heap growth included.
+            links = [str(p) for p in linked_copies(Path(files[0]), args.cold_files)]
+            for rep in range(repeat):
+                for nw in (1, 2):
+                    with local_cluster(nw) as client:
+                        t, busy, out = dask_run(client, links, WTemplateProcessor(all_cfg), args.dask_chunksize)
+                    n = out["ds"]["nevents"]
+                    results.setdefault((label, f"all syst, dask {nw}w cold"), []).append((nw, n, t, busy))
+                    print(f"  [{rep + 1}/{repeat}] {label:<12} dask {nw}w, cold, {n} events {t:7.2f} s")
 
     print(f"\nmedians of {repeat} run(s); chunks: {args.chunksize} (Dask: {args.dask_chunksize})", end="")
     print(f"; cores: {os.cpu_count()}")
@@ -385,6 +448,12 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{label}: dask per-core rate from task timings: 1w {one[1] / one[3]:,.0f}, 2w "
                 f"{two[1] / two[3]:,.0f} ev/s; 2w busy fraction of 2 x wall = {two[3] / (2 * two[2]):.2f}"
+            )
+        one, two = med.get((label, "all syst, dask 1w cold")), med.get((label, "all syst, dask 2w cold"))
+        if one and two:
+            print(
+                f"{label}: dask 2 workers / 1 worker (wall), first job of fresh clusters over {one[1]} events "
+                f"= {one[2] / two[2]:.2f}"
             )
         fl, nom = med.get((label, "floor (uproot+numpy+bh)")), med.get((label, "nominal"))
         if fl and nom:
