@@ -12,6 +12,7 @@ import pytest
 import uproot
 import yaml
 
+from tests.reference_features import real_features
 from wfit.calib import (
     FeatureSpec,
     OnnxCalibrator,
@@ -24,36 +25,7 @@ from wfit.calib import (
 DATA = Path(__file__).parent / "data" / "jetcalib"
 TOLERANCE = 1e-5  # max |ONNX - Keras| on log(pt_gen / pt)
 
-REAL_FEATURES = {
-    "jet": {"numerical": ["pt", "eta", "phi", "mass", "area", "num_pv", "rho"]},
-    "constituents": {
-        "ch": {
-            "numerical": [
-                "ch_pt",
-                "ch_eta",
-                "ch_phi",
-                "ch_dxy",
-                "ch_dxy_significance",
-                "ch_dz",
-                "ch_num_hits",
-                "ch_num_pixel_hits",
-                "ch_lost_hits",
-                "ch_norm_chi2",
-            ],
-            "categorical": ["ch_id", "ch_pv_ass"],
-            "max_count": 64,
-        },
-        "ne": {
-            "numerical": ["ne_pt", "ne_eta", "ne_phi", "ne_hcal_frac"],
-            "categorical": ["ne_id"],
-            "max_count": 64,
-        },
-        "sv": {
-            "numerical": ["sv_mass", "sv_pt", "sv_distance", "sv_significance", "sv_num_tracks"],
-            "max_count": 8,
-        },
-    },
-}
+REAL_FEATURES = real_features()
 MODEL = {
     "blocks": {
         "ch": {"type": "resnet", "units": [32, 32, 32], "embeddings": {"ch_id": 3, "ch_pv_ass": 2}},

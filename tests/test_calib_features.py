@@ -13,59 +13,20 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.reference_features import real_features, transform_chain
 from wfit.calib import FeatureError, FeatureSpec, build_inputs, load_transform, pad_constituents, target
 from wfit.calib.features import chunks
 
 DATA = Path(__file__).parent / "data" / "jetcalib"
 
-# ml-jec's test configuration: every feature of transform.yaml, as the shards store them.
-REAL_FEATURES = {
-    "jet": {"numerical": ["pt", "eta", "phi", "mass", "area", "num_pv", "rho"]},
-    "constituents": {
-        "ch": {
-            "numerical": [
-                "ch_pt",
-                "ch_eta",
-                "ch_phi",
-                "ch_dxy",
-                "ch_dxy_significance",
-                "ch_dz",
-                "ch_num_hits",
-                "ch_num_pixel_hits",
-                "ch_lost_hits",
-                "ch_norm_chi2",
-            ],
-            "categorical": ["ch_id", "ch_pv_ass"],
-            "max_count": 64,
-        },
-        "ne": {
-            "numerical": ["ne_pt", "ne_eta", "ne_phi", "ne_hcal_frac"],
-            "categorical": ["ne_id"],
-            "max_count": 16,
-        },
-        "sv": {
-            "numerical": ["sv_mass", "sv_pt", "sv_distance", "sv_significance", "sv_num_tracks"],
-            "max_count": 8,
-        },
-    },
-}
+REAL_FEATURES = real_features(ne_max_count=16)
 
 
 def _reference_inputs(jets: list[dict], raw: dict, spec: FeatureSpec) -> dict[str, np.ndarray]:
     """A per-jet Python implementation: explicit loops, explicit chains, explicit padding."""
 
     def chain(name: str, x: float) -> float:
-        for step in raw["numerical"][name]:
-            p = step.get("params", {})
-            if step["type"] == "abs":
-                x = abs(x)
-            elif step["type"] == "log":
-                x = math.log(x)
-            elif step["type"] == "arcsinh":
-                x = math.asinh(x / p["scale"])
-            else:
-                x = (x - p["loc"]) / p["scale"]
-        return x
+        return transform_chain(x, raw["numerical"][name])
 
     out = {"jet_numerical": np.array([[chain(n, j[n]) for n in spec.jet_numerical] for j in jets])}
     for c in spec.constituents:

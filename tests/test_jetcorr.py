@@ -16,6 +16,7 @@ import onnx
 import pytest
 import uproot
 
+from tests.reference_features import transform_chain
 from wfit.processors import (
     JetCalibration,
     Sample,
@@ -67,18 +68,6 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 # ---------------------------------------------------------------------- the second implementation
-def _chain(x: float, steps: list[dict[str, Any]]) -> float:
-    for s in steps:
-        p = s.get("params", {})
-        if s["type"] == "abs":
-            x = abs(x)
-        elif s["type"] == "log":
-            x = math.log(x)
-        elif s["type"] == "arcsinh":
-            x = math.asinh(x / p["scale"])
-        else:
-            x = (x - p["loc"]) / p["scale"]
-    return x
 
 
 def _reference(path: str, model: str) -> dict[str, np.ndarray]:
@@ -104,7 +93,7 @@ def _reference(path: str, model: str) -> dict[str, np.ndarray]:
                 "rho": float(a["fixedGridRhoFastjetAll"][i]),
                 "num_pv": float(a["PV_npvs"][i]),
             }
-            rows["jet"].append([_chain(source[f], numerical[f]) for f in spec["jet"]["numerical"]])
+            rows["jet"].append([transform_chain(source[f], numerical[f]) for f in spec["jet"]["numerical"]])
             raw_pt.append(raw)
             nano_pt.append(nano)
             jet_phi.append(phi)
@@ -151,7 +140,7 @@ def _reference(path: str, model: str) -> dict[str, np.ndarray]:
                     if "eta" in x:
                         x["deta"] = (x["eta"] - eta) * (-1.0 if eta < 0 else 1.0)
                         x["dphi"] = (x["phi"] - phi + math.pi) % (2 * math.pi) - math.pi
-                    num = [_chain(x[f[len(t) + 1 :]], numerical[f]) for f in c["numerical"]]
+                    num = [transform_chain(x[f[len(t) + 1 :]], numerical[f]) for f in c["numerical"]]
                     cat = []
                     for f in c["categorical"]:
                         values = categorical[f]
