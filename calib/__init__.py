@@ -51,7 +51,9 @@ _EXPORTS = {
     # export
     "OnnxCalibrator": "export",
     "export_onnx": "export",
-    "read_feature_spec": "export",
+    # the specification an ONNX file carries
+    "read_feature_spec": "onnx_spec",
+    "interval_levels": "onnx_spec",
     # synthetic data
     "SyntheticTruth": "synthetic",
     "load_truth": "synthetic",

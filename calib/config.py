@@ -35,6 +35,8 @@ _SCHEMA: dict[str, Any] = {
         "jet_embeddings": _NAMED,
         "head": {"type": str, "units": list},
         "activation": str,
+        # The resolution head: quantiles of log(pt_gen / pt) predicted beside the correction (absent: none).
+        "resolution": {"quantiles": list, "loss_weight": float},
     },
     "loss": {"name": str, "delta": float},
     "optimizer": {"name": str, "learning_rate": float, "clipnorm": float, "weight_decay": float},
@@ -127,6 +129,11 @@ class CalibConfig:
         return self.data["model"]
 
     @property
+    def quantiles(self) -> tuple[float, ...]:
+        """Levels of the resolution head (``model.resolution.quantiles``); empty without one."""
+        return tuple(float(q) for q in ((self.model.get("resolution") or {}).get("quantiles") or ()))
+
+    @property
     def loss(self) -> dict[str, Any]:
         return self.data["loss"]
 
@@ -177,6 +184,21 @@ class CalibConfig:
         head = self.model.get("head") or {}
         if head.get("type") not in BLOCK_TYPES or not head.get("units"):
             raise ConfigError(f"{src}: model.head needs type in {BLOCK_TYPES} and a non-empty units list")
+        resolution = self.model.get("resolution") or {}
+        levels = resolution.get("quantiles")
+        numbers = all(isinstance(q, float | int) and not isinstance(q, bool) for q in levels or ())
+        if resolution and (
+            not levels
+            or not numbers
+            or not all(0 < q < 1 and q != 0.5 for q in levels)
+            or any(b <= a for a, b in zip(levels, levels[1:], strict=False))
+        ):
+            raise ConfigError(
+                f"{src}: model.resolution.quantiles must be an increasing list of levels in (0, 1) without 0.5, "
+                f"e.g. [0.16, 0.84]; got {levels!r}"
+            )
+        if resolution.get("loss_weight") is not None and not float(resolution["loss_weight"]) > 0:
+            raise ConfigError(f"{src}: model.resolution.loss_weight must be positive")
         if self.model.get("activation") not in ACTIVATIONS:
             raise ConfigError(f"{src}: model.activation must be one of {ACTIVATIONS}")
         if self.loss.get("name") not in LOSSES:

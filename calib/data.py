@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ __all__ = [
     "Shard",
     "iterate",
     "open_data_dir",
-    "write_text_atomic",
+    "to_columns",
 ]
 
 #: Name of the TTree in every shard.
@@ -61,37 +60,6 @@ def _join(base: str, relative: str) -> str:
     if "://" in base:
         return posixpath.join(base, relative)
     return os.path.join(base, relative)
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write a text file atomically (temporary file in the same directory, then ``os.replace``)."""
-    write_bytes_atomic(path, text.encode())
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write a file atomically for local paths; remote URLs are written through fsspec directly."""
-    if not _is_local(path):
-        import fsspec
-
-        with fsspec.open(path, "wb") as f:
-            f.write(data)
-        return
-    path = path.removeprefix("file://")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 @dataclass(frozen=True)

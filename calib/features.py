@@ -33,7 +33,7 @@ Output (the model's named inputs):
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import awkward as ak
@@ -130,17 +130,27 @@ class FeatureSpec:
         jet_categorical: Jet-level categorical features.
         constituents: One entry per constituent type (may be empty: a jet-level model).
         transform: Preprocessing of every feature above.
+        quantiles: Levels (in (0, 1), increasing, without 0.5) of the resolution head, which predicts these
+            quantiles of ``log(pt_gen / pt)`` beside the correction (the model's second output
+            ``log_quantiles``, see :mod:`wfit.calib.onnx_spec`); empty for a model without one.
     """
 
     jet_numerical: tuple[str, ...]
     jet_categorical: tuple[str, ...] = ()
     constituents: tuple[ConstituentSpec, ...] = ()
     transform: Transform = field(default_factory=Transform)
+    quantiles: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         src = self.transform.source
         if not self.jet_numerical:
             raise FeatureError("features.jet.numerical: at least one jet-level numerical feature is needed")
+        q = self.quantiles
+        if any(not 0.0 < x < 1.0 or x == 0.5 for x in q) or any(b <= a for a, b in zip(q, q[1:], strict=False)):
+            raise FeatureError(
+                f"resolution.quantiles {list(q)}: levels must be increasing, in (0, 1) and not 0.5 (the correction "
+                "itself is the central value), e.g. [0.16, 0.84]"
+            )
         for name in self.jet_numerical:
             if name not in self.transform.numerical:
                 raise TransformError(
@@ -214,6 +224,8 @@ class FeatureSpec:
                 for c in self.constituents
             },
             "transform": self.transform.to_dict(),
+            # Written only for a model with a resolution head: older files and readers stay as they were.
+            **({"resolution": {"quantiles": list(self.quantiles)}} if self.quantiles else {}),
         }
 
     @classmethod
@@ -254,11 +266,14 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<feature spec>") -> FeatureSpec:
         """Rebuild from :meth:`to_dict`'s output (e.g. read from ONNX metadata)."""
-        _check_keys(data, {"jet", "constituents", "transform"}, source)
+        _check_keys(data, {"jet", "constituents", "transform", "resolution"}, source)
         transform = Transform.from_dict(data["transform"], source=f"{source}: transform")
-        return cls.from_config(
-            {"jet": data["jet"], "constituents": data["constituents"]}, transform, source=source
-        )
+        spec = cls.from_config({"jet": data["jet"], "constituents": data["constituents"]}, transform, source=source)
+        if "resolution" in data:
+            resolution = data["resolution"]
+            _check_keys(resolution, {"quantiles"}, f"{source}: resolution")
+            spec = replace(spec, quantiles=tuple(float(x) for x in resolution.get("quantiles") or ()))
+        return spec
 
 
 def _check_keys(section: Any, allowed: set[str], where: str) -> None:
@@ -337,10 +352,11 @@ def _cap(offsets: np.ndarray, max_count: int) -> tuple[np.ndarray | None, np.nda
 
 
 def _pad(
-    values: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None
+    values: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None, width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scatter flat rows ``values`` (one per constituent, ``(total, k)``) of the jets ``rows`` (all by
-    default) into a zero-padded ``(n, m, k)`` array, ``m`` the largest count among them (at least 1).
+    default) into a zero-padded ``(n, m, k)`` array, ``m`` the largest count among them (at least 1) or
+    ``width`` when given (at least that count).
 
     Returns the padded array, the float32 ``(n, m)`` mask, and ``(dst, src)`` index arrays for other
     columns of the same constituents (see :meth:`FlatInputs.pad`).
@@ -352,6 +368,10 @@ def _pad(
         counts = offsets[1:][rows] - starts
     n = len(counts)
     m = max(1, int(counts.max(initial=0)))
+    if width is not None:
+        if width < m:
+            raise FeatureError(f"padding width {width} is below the largest constituent count {m} of the jets")
+        m = int(width)
     within = _within(counts)
     src = np.repeat(starts, counts) + within
     dst = np.repeat(np.arange(n, dtype=np.int64) * m, counts) + within
@@ -393,11 +413,18 @@ class FlatInputs:
             total += np.diff(t.offsets)
         return total
 
-    def pad(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The model's named inputs of the jets ``rows`` (indices, in that order; all jets by default)."""
+    def pad(self, rows: np.ndarray | None = None, widths: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+        """The model's named inputs of the jets ``rows`` (indices, in that order; all jets by default).
+
+        Args:
+            rows: Jets to take.
+            widths: Padded length of each constituent type's axis (at least its largest count among
+                ``rows``); by default that largest count.
+        """
         out = {name: (v if rows is None else v[rows]) for name, v in self.jet.items()}
         for name, t in self.types.items():
-            numerical, mask, (dst, src) = _pad(t.numerical, t.offsets, rows)
+            width = None if widths is None else widths[name]
+            numerical, mask, (dst, src) = _pad(t.numerical, t.offsets, rows, width)
             out[f"{name}_numerical"], out[f"{name}_mask"] = numerical, mask
             for j, feature in enumerate(t.categorical_names):
                 cat = np.zeros(mask.size, dtype=np.int32)

@@ -7,6 +7,15 @@ categorical, to a vector; a masked sum over the jet's constituents makes the blo
 and embeddings, and a head network with one linear output predicts ``log(pt_gen / pt)``: the corrected pT is
 ``pt * exp(output)``. The architecture follows ml-jec (A. Popov), with padded, masked arrays in place of
 ragged tensors so that the model exports to ONNX.
+
+A resolution head (``model.resolution.quantiles`` in the config, :attr:`FeatureSpec.quantiles`) adds a second
+output ``log_quantiles``: the predicted quantiles ``q_1 < ... < q_K`` of ``log(pt_gen / pt)`` at the given
+levels, as CMS regressions store a resolution beside the correction. They are built around the correction
+``c`` so that they never cross and bracket it: ``q_i = c - sum_{j=i}^{L-1} s_j`` below the median and
+``c + sum_{j=L}^{i} s_j`` above it, with ``s = softplus(W h + b)`` from the head's last hidden layer ``h``
+(:class:`QuantileHead`). They are trained with the pinball loss (Koenker and Bassett, "Regression quantiles",
+Econometrica 46 (1978) 33, eq. 1.3; :class:`PinballLoss`) on ``c`` held fixed (a stopped gradient): the
+quantile loss does not move the correction itself.
 """
 
 from __future__ import annotations
@@ -26,20 +35,21 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from .config import CalibConfig
 from .features import FeatureSpec, build_inputs, chunks
+from .onnx_spec import OUTPUT_NAME, QUANTILES_NAME, model_inputs
 
 __all__ = [
     "OUTPUT_NAME",
+    "QUANTILES_NAME",
     "MaskedSum",
+    "PinballLoss",
+    "QuantileHead",
     "build_model",
     "load_model",
     "log_cosh",
     "predict",
+    "predict_outputs",
     "stable_softplus",
 ]
-
-#: Name of the model output (also the ONNX output name).
-OUTPUT_NAME = "log_correction"
-
 
 @keras.saving.register_keras_serializable(package="wfit")
 def stable_softplus(x: Any) -> Any:
@@ -85,6 +95,68 @@ class MaskedSum(keras.layers.Layer):
         return (values_shape[0], values_shape[2])
 
 
+def _offsets_matrix(quantiles: tuple[float, ...]) -> np.ndarray:
+    """The constant ``A`` of :class:`QuantileHead`: ``q = c + s @ A`` (see the module docstring)."""
+    k = len(quantiles)
+    n_low = sum(q < 0.5 for q in quantiles)
+    a = np.zeros((k, k), dtype=np.float32)
+    for i in range(k):
+        if i < n_low:
+            a[i:n_low, i] = -1.0
+        else:
+            a[n_low : i + 1, i] = 1.0
+    return a
+
+
+@keras.saving.register_keras_serializable(package="wfit")
+class QuantileHead(keras.layers.Layer):
+    """Quantiles of ``log(pt_gen / pt)`` around the correction: call with ``[c (n, 1), raw (n, K)]``.
+
+    Returns ``stop_gradient(c) + softplus(raw) @ A`` (``(n, K)``), increasing along the last axis, below ``c``
+    for levels under 0.5 and above it for the others (see the module docstring).
+
+    Example:
+        >>> head = QuantileHead((0.16, 0.84))
+        >>> q = head([np.array([[0.1]], "float32"), np.array([[0.0, 0.0]], "float32")])
+        >>> [round(float(x), 4) for x in np.asarray(q)[0]]
+        [-0.5931, 0.7931]
+    """
+
+    def __init__(self, quantiles: tuple[float, ...] | list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.quantiles = tuple(float(q) for q in quantiles)
+        self._offsets = _offsets_matrix(self.quantiles)
+
+    def call(self, inputs: list[Any]) -> Any:
+        c, raw = inputs
+        return ops.stop_gradient(c) + ops.matmul(stable_softplus(raw), ops.convert_to_tensor(self._offsets))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "quantiles": list(self.quantiles)}
+
+    def compute_output_shape(self, input_shape: list[tuple]) -> tuple:
+        return (input_shape[1][0], len(self.quantiles))
+
+
+@keras.saving.register_keras_serializable(package="wfit")
+class PinballLoss(keras.losses.Loss):
+    """Mean pinball loss of the quantiles ``y_pred (n, K)`` at ``quantiles`` for targets ``y_true (n, 1)``:
+    ``max(tau d, (tau - 1) d)`` with ``d = y_true - y_pred`` (Koenker and Bassett 1978, eq. 1.3), averaged over
+    the levels; its minimum is at the conditional quantiles."""
+
+    def __init__(self, quantiles: tuple[float, ...] | list[float], name: str = "pinball", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.quantiles = tuple(float(q) for q in quantiles)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        tau = ops.convert_to_tensor(np.asarray(self.quantiles, dtype=np.float32))
+        d = ops.cast(y_true, "float32") - ops.cast(y_pred, "float32")
+        return ops.mean(ops.maximum(tau * d, (tau - 1.0) * d), axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "quantiles": list(self.quantiles)}
+
+
 def _activation(name: str) -> Any:
     return stable_softplus if name == "softplus" else name
 
@@ -127,19 +199,28 @@ def build_model(config: CalibConfig, spec: FeatureSpec, compile: bool = True) ->
 
     Returns:
         A functional Keras model with one named input per :attr:`FeatureSpec.input_names` (dynamic batch
-        and constituent axes) and one output ``log_correction`` of shape ``(n_jets, 1)``.
+        and constituent axes) and the output ``log_correction`` of shape ``(n_jets, 1)``; with
+        ``spec.quantiles`` (the config's ``model.resolution.quantiles``, set by :func:`wfit.calib.train_model`)
+        a second output ``log_quantiles`` of shape ``(n_jets, K)``.
+
+    Raises:
+        ValueError: The config's resolution quantiles differ from ``spec.quantiles``.
     """
+    if config.quantiles and config.quantiles != spec.quantiles:
+        raise ValueError(
+            f"{config.source}: model.resolution.quantiles {list(config.quantiles)} but the feature specification "
+            f"has {list(spec.quantiles)}: build the specification with quantiles=config.quantiles"
+        )
     mcfg = config.model
     act = mcfg["activation"]
-    inputs: dict[str, Any] = {}
     tr = spec.transform
+    # Keras shapes leave out the batch axis.
+    inputs = {i.name: keras.Input(shape=i.shape[1:], name=i.name, dtype=i.dtype) for i in model_inputs(spec)}
 
-    jet_num = keras.Input(shape=(len(spec.jet_numerical),), name="jet_numerical", dtype="float32")
-    inputs["jet_numerical"] = jet_num
+    jet_num = inputs["jet_numerical"]
     head_parts = [jet_num]
     for name in spec.jet_categorical:
-        x = keras.Input(shape=(), name=name, dtype="int32")
-        inputs[name] = x
+        x = inputs[name]
         emb = keras.layers.Embedding(
             tr.cardinality(name), int(mcfg["jet_embeddings"][name]), name=f"{name}_emb"
         )
@@ -147,14 +228,10 @@ def build_model(config: CalibConfig, spec: FeatureSpec, compile: bool = True) ->
 
     for c in spec.constituents:
         block = mcfg["blocks"][c.name]
-        num = keras.Input(shape=(None, len(c.numerical)), name=f"{c.name}_numerical", dtype="float32")
-        mask = keras.Input(shape=(None,), name=f"{c.name}_mask", dtype="float32")
-        inputs[f"{c.name}_numerical"] = num
-        inputs[f"{c.name}_mask"] = mask
+        num, mask = inputs[f"{c.name}_numerical"], inputs[f"{c.name}_mask"]
         parts = [num]
         for name in c.categorical:
-            x = keras.Input(shape=(None,), name=name, dtype="int32")
-            inputs[name] = x
+            x = inputs[name]
             size = int(block["embeddings"][name])
             parts.append(keras.layers.Embedding(tr.cardinality(name), size, name=f"{name}_emb")(x))
         x = keras.layers.Concatenate(name=f"{c.name}_concat")(parts) if len(parts) > 1 else num
@@ -164,9 +241,22 @@ def build_model(config: CalibConfig, spec: FeatureSpec, compile: bool = True) ->
     x = keras.layers.Concatenate(name="head_concat")(head_parts) if len(head_parts) > 1 else jet_num
     x = _dense_stack(x, mcfg["head"], act, prefix="head_")
     out = keras.layers.Dense(1, name=OUTPUT_NAME)(x)
-    model = keras.Model(inputs=[inputs[n] for n in spec.input_names], outputs=out, name="jet_calibration")
+    outputs: Any = out
+    if spec.quantiles:
+        raw = keras.layers.Dense(len(spec.quantiles), name="quantile_widths")(x)
+        outputs = [out, QuantileHead(spec.quantiles, name=QUANTILES_NAME)([out, raw])]
+    model = keras.Model(inputs=[inputs[n] for n in spec.input_names], outputs=outputs, name="jet_calibration")
     if compile:
-        model.compile(optimizer=_optimizer(config), loss=_loss(config), jit_compile=False)
+        if spec.quantiles:
+            weight = float((config.model.get("resolution") or {}).get("loss_weight") or 1.0)
+            model.compile(
+                optimizer=_optimizer(config),
+                loss=[_loss(config), PinballLoss(spec.quantiles)],
+                loss_weights=[1.0, weight],
+                jit_compile=False,
+            )
+        else:
+            model.compile(optimizer=_optimizer(config), loss=_loss(config), jit_compile=False)
     return model
 
 
@@ -208,9 +298,26 @@ def predict(model: keras.Model, arrays: Any, spec: FeatureSpec, chunk_size: int 
         spec: The feature specification the model was trained with.
         chunk_size: Jets per call; each chunk is padded to its own largest constituent count.
     """
+    return predict_outputs(model, arrays, spec, chunk_size)[OUTPUT_NAME]
+
+
+def predict_outputs(
+    model: keras.Model, arrays: Any, spec: FeatureSpec, chunk_size: int = 10_000
+) -> dict[str, np.ndarray]:
+    """All outputs per jet with Keras (``log_correction`` ``(n,)``; ``log_quantiles`` ``(n, K)`` with a
+    resolution head), as :meth:`wfit.calib.OnnxCalibrator.predict_outputs` gives them."""
     needed = {k: arrays[k] for k in spec.branches if k in arrays}
-    out = []
+    parts: dict[str, list[np.ndarray]] = {OUTPUT_NAME: []}
+    if spec.quantiles:
+        parts[QUANTILES_NAME] = []
     for chunk in chunks(needed, chunk_size):
         inputs = build_inputs(chunk, spec)
-        out.append(np.asarray(model.predict_on_batch([inputs[n] for n in spec.input_names]))[:, 0])
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        got = model.predict_on_batch([inputs[n] for n in spec.input_names])
+        got = got if isinstance(got, list | tuple) else [got]
+        parts[OUTPUT_NAME].append(np.asarray(got[0])[:, 0])
+        if spec.quantiles:
+            parts[QUANTILES_NAME].append(np.asarray(got[1]))
+    width = {OUTPUT_NAME: (), QUANTILES_NAME: (len(spec.quantiles),)}
+    return {
+        k: np.concatenate(v) if v else np.zeros((0, *width[k]), dtype=np.float32) for k, v in parts.items()
+    }

@@ -10,6 +10,14 @@ pt_gen (GeV), |eta_gen| and flavour the report gives
 * the flavour spread: the largest minus the smallest median response among b, c, light-quark and gluon jets,
   per pt_gen bin.
 
+For a model with a resolution head (:attr:`wfit.calib.FeatureSpec.quantiles`) the report also compares, in the
+same bins, the resolution that the model predicts jet by jet with the one observed and with the standard
+calibration's (``resolution.csv``, ``resolution.md``, ``predicted_resolution_vs_*.png``): the predicted
+resolution of a jet is half its predicted 16-84% response interval, ``(exp(c - q_lo) - exp(c - q_hi)) / 2``
+for the correction ``c`` and the predicted quantiles ``q_lo``, ``q_hi`` of ``log(pt_gen / pt)`` at the lowest
+level and its mirror (0.16 and 0.84), and the coverage is the fraction of jets whose ``log(pt_gen / pt)`` lies
+between them (expected: ``tau_hi - tau_lo``, 0.68).
+
 Flavour follows CMS's hadron/parton definitions: b if ``hadron_flavor == 5``, c if 4; otherwise gluon if
 ``parton_flavor == 21`` and light if ``|parton_flavor|`` is 1, 2 or 3; anything else is "unknown" and is
 excluded from the flavour plots.
@@ -26,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataDir, Shard, iterate, open_data_dir, write_bytes_atomic, write_text_atomic
+from wfit.atomic import write_bytes, write_text
+
+from .data import DataDir, Shard, iterate, open_data_dir
+from .onnx_spec import OUTPUT_NAME, QUANTILES_NAME, interval_levels
 
 __all__ = [
     "FLAVOUR_CLASSES",
@@ -36,6 +47,7 @@ __all__ = [
     "calibration_report",
     "evaluate",
     "flavour_class",
+    "resolution_summary",
     "response_summary",
     "summarise",
 ]
@@ -108,25 +120,31 @@ class Report:
             ``flavour_spread``), ``bin`` label, ``lo``, ``hi``, ``n``, ``median``, ``resolution``.
         files: Paths written (CSV, markdown, PNGs).
         n_jets: Jets evaluated.
+        resolution_rows: For a model with a resolution head (else empty), :func:`resolution_summary`'s table:
+            ``variable``, ``bin``, ``lo``, ``hi``, ``n``, ``observed`` and ``standard`` (the DNN's and the
+            standard calibration's resolution), ``predicted`` (the median predicted resolution), ``coverage``
+            and ``expected`` (its expected value).
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     n_jets: int = 0
+    resolution_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def select(self, method: str, variable: str) -> list[dict[str, Any]]:
         """Rows of one method and variable."""
         return [r for r in self.rows if r["method"] == method and r["variable"] == variable]
 
 
-def _predictor(model: Any) -> tuple[Callable[[Mapping[str, Any]], np.ndarray], list[str]]:
-    """A function of the feature arrays giving log corrections, and the branches it needs."""
+def _predictor(model: Any) -> tuple[Callable[[Mapping[str, Any]], Any], list[str]]:
+    """A function of the feature arrays giving log corrections (or, for an ONNX model, all its outputs), and the
+    branches it needs."""
     from .export import OnnxCalibrator
 
     if isinstance(model, str | os.PathLike):
         model = OnnxCalibrator(str(model))
     if isinstance(model, OnnxCalibrator):
-        return model.predict, model.spec.branches
+        return model.predict_outputs, model.spec.branches
     if callable(model):
         return model, []
     raise TypeError(
@@ -152,8 +170,15 @@ def evaluate(
         chunk_size: Jets per read.
 
     Returns:
-        Per-jet arrays: ``pt_gen``, ``abs_eta_gen``, ``flavour`` and the response of each method.
+        Per-jet arrays: ``pt_gen``, ``abs_eta_gen``, ``flavour`` and the response of each method; for a model
+        with a resolution head also ``predicted_resolution`` and ``inside`` (see the module docstring) and the
+        0-d ``expected_coverage``.
     """
+    from .export import OnnxCalibrator
+
+    if isinstance(model, str | os.PathLike):
+        model = OnnxCalibrator(str(model))
+    interval = interval_levels(model.quantiles) if isinstance(model, OnnxCalibrator) else None
     predict, needed = _predictor(model)
     if isinstance(data, str):
         data = open_data_dir(data)
@@ -164,6 +189,8 @@ def evaluate(
         )
     )
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("pt_gen", "abs_eta_gen", "flavour", *METHODS)}
+    if interval is not None:
+        parts["predicted_resolution"], parts["inside"] = [], []
     seen = 0
     for chunk in iterate(shards, wanted, step_size=chunk_size):
         if max_jets is not None and seen >= max_jets:
@@ -173,14 +200,25 @@ def evaluate(
         seen += len(chunk["pt"])
         pt = chunk["pt"].astype(np.float64)
         pt_gen = chunk["pt_gen"].astype(np.float64)
-        log_corr = np.asarray(predict(chunk), dtype=np.float64)
+        got = predict(chunk)
+        log_corr = np.asarray(got[OUTPUT_NAME] if isinstance(got, Mapping) else got, dtype=np.float64)
+        if interval is not None:
+            q = np.asarray(got[QUANTILES_NAME], dtype=np.float64)
+            q_lo, q_hi = q[:, interval[0]], q[:, interval[1]]
+            parts["predicted_resolution"].append(0.5 * (np.exp(log_corr - q_lo) - np.exp(log_corr - q_hi)))
+            y = np.log(pt_gen / pt)
+            parts["inside"].append((y >= q_lo) & (y <= q_hi))
         parts["pt_gen"].append(pt_gen)
         parts["abs_eta_gen"].append(np.abs(chunk["eta_gen"].astype(np.float64)))
         parts["flavour"].append(flavour_class(chunk["hadron_flavor"], chunk["parton_flavor"]))
         parts["dnn"].append(pt * np.exp(log_corr) / pt_gen)
         parts["standard"].append(chunk["pt_full_corr"].astype(np.float64) / pt_gen)
         parts["uncorrected"].append(pt / pt_gen)
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    if interval is not None:
+        levels = model.quantiles  # type: ignore[union-attr]
+        out["expected_coverage"] = np.asarray(levels[interval[1]] - levels[interval[0]])
+    return out
 
 
 def summarise(
@@ -230,6 +268,100 @@ def summarise(
                 }
             )
     return rows
+
+
+def resolution_summary(
+    values: Mapping[str, np.ndarray],
+    pt_edges: Sequence[float] = DEFAULT_PT_EDGES,
+    abs_eta_edges: Sequence[float] = DEFAULT_ABS_ETA_EDGES,
+) -> list[dict[str, Any]]:
+    """The resolution head against what is observed, per bin of pt_gen, |eta_gen| and flavour.
+
+    Args:
+        values: :func:`evaluate`'s output for a model with a resolution head.
+        pt_edges, abs_eta_edges: Bin edges.
+
+    Returns:
+        One row per bin: ``variable``, ``bin``, ``lo``, ``hi``, ``n``, ``observed`` (the DNN's resolution,
+        :func:`response_summary`), ``standard`` (the standard calibration's), ``predicted`` (median predicted
+        resolution), ``coverage`` (fraction of jets inside their predicted interval) and ``expected``.
+    """
+    expected = float(values["expected_coverage"])
+    bins: list[tuple[str, str, float, float, np.ndarray]] = []
+    for var, edges in (("pt_gen", pt_edges), ("abs_eta_gen", abs_eta_edges)):
+        x = values[var]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            bins.append((var, f"[{lo:g}, {hi:g})", float(lo), float(hi), (x >= lo) & (x < hi)))
+    for fl in FLAVOUR_CLASSES:
+        bins.append(("flavour", fl, np.nan, np.nan, values["flavour"] == fl))
+    rows = []
+    for var, label, lo, hi, sel in bins:
+        n = int(sel.sum())
+        rows.append(
+            {
+                "variable": var,
+                "bin": label,
+                "lo": lo,
+                "hi": hi,
+                "n": n,
+                "observed": response_summary(values["dnn"][sel])[1],
+                "standard": response_summary(values["standard"][sel])[1],
+                "predicted": float(np.median(values["predicted_resolution"][sel])) if n else float("nan"),
+                "coverage": float(np.mean(values["inside"][sel])) if n else float("nan"),
+                "expected": expected,
+            }
+        )
+    return rows
+
+
+_RESOLUTION_COLUMNS = ("variable", "bin", "lo", "hi", "n", "observed", "predicted", "standard", "coverage", "expected")
+
+
+def _resolution_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_RESOLUTION_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in _RESOLUTION_COLUMNS})
+    return buf.getvalue()
+
+
+def _resolution_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = [
+        "| variable | bin | n | observed (DNN) | predicted (DNN) | standard | coverage | expected |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variable']} | {r['bin']} | {r['n']} | {r['observed']:.4f} | {r['predicted']:.4f} | "
+            f"{r['standard']:.4f} | {r['coverage']:.3f} | {r['expected']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _resolution_plots(rows: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
+    import matplotlib.style
+    import mplhep
+    from matplotlib.figure import Figure
+
+    out = {}
+    with matplotlib.style.context(mplhep.style.CMS):
+        for var, xlabel, logx in (("pt_gen", r"$p_T^{gen}$ [GeV]", True), ("abs_eta_gen", r"$|\eta^{gen}|$", False)):
+            sel = [r for r in rows if r["variable"] == var and r["n"] > 0]
+            x = [np.sqrt(r["lo"] * r["hi"]) if logx else 0.5 * (r["lo"] + r["hi"]) for r in sel]
+            fig = Figure(figsize=(8, 6))
+            ax = fig.subplots()
+            for key, label in (("observed", "DNN, observed"), ("predicted", "DNN, predicted"),
+                               ("standard", "Standard, observed")):  # fmt: skip
+                ax.plot(x, [r[key] for r in sel], marker="o", label=label)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("Resolution (IQR$_{68}$/2 median)")
+            if logx:
+                ax.set_xscale("log")
+            ax.legend()
+            mplhep.cms.label(text="Simulation", ax=ax, data=False, rlabel="")
+            out[f"predicted_resolution_vs_{var}.png"] = _png(fig)
+    return out
 
 
 _COLUMNS = ("method", "variable", "bin", "lo", "hi", "n", "median", "resolution")
@@ -361,15 +493,22 @@ def calibration_report(
     """
     values = evaluate(model, data, branches=branches, max_jets=max_jets)
     rows = summarise(values, pt_edges, abs_eta_edges)
+    resolution = resolution_summary(values, pt_edges, abs_eta_edges) if "predicted_resolution" in values else []
     os.makedirs(output_dir, exist_ok=True)
     files = []
-    for name, text in (("table.csv", _csv(rows)), ("table.md", _markdown(rows))):
+    texts = [("table.csv", _csv(rows)), ("table.md", _markdown(rows))]
+    if resolution:
+        texts += [("resolution.csv", _resolution_csv(resolution)), ("resolution.md", _resolution_markdown(resolution))]
+    for name, text in texts:
         path = os.path.join(output_dir, name)
-        write_text_atomic(path, text)
+        write_text(path, text)
         files.append(path)
     if plots:
-        for name, png in _plots(rows, METHODS).items():
+        images = _plots(rows, METHODS)
+        if resolution:
+            images.update(_resolution_plots(resolution))
+        for name, png in images.items():
             path = os.path.join(output_dir, name)
-            write_bytes_atomic(path, png)
+            write_bytes(path, png)
             files.append(path)
-    return Report(rows=rows, files=files, n_jets=len(values["pt_gen"]))
+    return Report(rows=rows, files=files, n_jets=len(values["pt_gen"]), resolution_rows=resolution)

@@ -37,7 +37,9 @@ import awkward as ak
 import numpy as np
 import yaml
 
-from .data import TREE_NAME, iterate, write_text_atomic
+from wfit.atomic import atomic_path, write_text
+
+from .data import TREE_NAME, iterate
 from .features import derived_feature, feature_columns, wrap_phi
 from .transform import build_transform
 
@@ -541,8 +543,7 @@ def write_synthetic(
         gen = generate_jets(int(size), np.random.default_rng([seed, i]), truth, table)
         rel = f"shards/{i + 1}.root"
         path = os.path.join(location, rel)
-        tmp = path + ".tmp"
-        with uproot.recreate(tmp) as f:
+        with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
             f.mktree(
                 TREE_NAME,
                 _tree_types(),
@@ -550,7 +551,6 @@ def write_synthetic(
                 field_name=lambda outer, inner: f"{outer}_{inner}",
             )
             f[TREE_NAME].extend(_to_tree_arrays(gen))
-        os.replace(tmp, path)
         entries.append({"path": rel, "count": int(size)})
     # The linear steps are fitted on the shards as written, read back through the same code as training.
     names = list(DEFAULT_NONLINEAR)
@@ -561,7 +561,7 @@ def write_synthetic(
         DEFAULT_NONLINEAR,
         categorical=_CATEGORICAL,
     )
-    write_text_atomic(os.path.join(location, "data.yaml"), yaml.safe_dump(entries, sort_keys=False))
-    write_text_atomic(os.path.join(location, "transform.yaml"), yaml.safe_dump(transform.to_dict()))
-    write_text_atomic(os.path.join(location, "truth.yaml"), yaml.safe_dump(truth.to_dict(), sort_keys=False))
+    write_text(os.path.join(location, "data.yaml"), yaml.safe_dump(entries, sort_keys=False))
+    write_text(os.path.join(location, "transform.yaml"), yaml.safe_dump(transform.to_dict()))
+    write_text(os.path.join(location, "truth.yaml"), yaml.safe_dump(truth.to_dict(), sort_keys=False))
     return truth

@@ -5,9 +5,13 @@ training shards in a shuffled order, chunk by chunk (``train.chunk_size`` jets),
 a chunk, and feeds batches built by :func:`wfit.calib.features.build_inputs` (each batch padded to its own
 largest constituent count) through a ``tf.data`` pipeline; the data set is never loaded whole.
 
+With ``model.resolution`` in the config the model also has the resolution head (:mod:`wfit.calib.model`), trained
+with the pinball loss beside the correction's loss (weight ``model.resolution.loss_weight``, default 1); the
+feature specification then records its quantile levels.
+
 Everything is seeded from ``train.seed``: numpy's ``default_rng`` for the shuffling and
 ``keras.utils.set_random_seed`` for weights. The best model (lowest validation loss) is checkpointed after
-each improving epoch and written at the end, each time atomically (temporary file, then ``os.replace``).
+each improving epoch and written at the end, each time atomically (:mod:`wfit.atomic`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,8 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import awkward as ak
 import numpy as np
@@ -32,8 +35,10 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "wfit.calib.train needs TensorFlow and Keras 3: pip install 'tensorflow>=2.16' 'keras>=3.3'"
     ) from err
 
+from wfit.atomic import atomic_path, write_text
+
 from .config import CalibConfig, load_config
-from .data import TREE_NAME, DataDir, Shard, open_data_dir, to_columns, write_text_atomic
+from .data import TREE_NAME, DataDir, Shard, open_data_dir, to_columns
 from .features import FeatureSpec, build_inputs, target
 from .model import build_model, load_model
 
@@ -60,19 +65,11 @@ class TrainResult:
 
 
 def save_model_atomic(model: keras.Model, path: str) -> None:
-    """Save a Keras model to ``path`` (must end in ``.keras``) through a temporary file and ``os.replace``."""
+    """Save a Keras model to ``path`` (must end in ``.keras``) atomically (:func:`wfit.atomic.atomic_path`)."""
     if not str(path).endswith(".keras"):
         raise ValueError(f"{path}: a Keras model file must end in '.keras'")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".keras")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def count_batches(shards: Sequence[Shard], batch_size: int, chunk_size: int) -> int:
@@ -186,7 +183,9 @@ def train_model(
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
 
-    spec = FeatureSpec.from_config(config.features, data.transform, source=config.source)
+    spec = replace(
+        FeatureSpec.from_config(config.features, data.transform, source=config.source), quantiles=config.quantiles
+    )
     missing = sorted({*spec.branches, "pt", "pt_gen"} - set(data.branches))
     if missing:
         raise ValueError(
@@ -199,12 +198,15 @@ def train_model(
 
     os.makedirs(output_dir, exist_ok=True)
     spec_path = os.path.join(output_dir, "features.yaml")
-    write_text_atomic(spec_path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    write_text_atomic(os.path.join(output_dir, "config.yaml"), config.to_yaml())
+    write_text(spec_path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_text(os.path.join(output_dir, "config.yaml"), config.to_yaml())
 
     batch, chunk = int(tcfg["batch_size"]), int(tcfg["chunk_size"])
     train_ds = make_dataset(train_shards, spec, batch, chunk, rng)
     val_ds = make_dataset(val_shards, spec, max(batch, 4096), chunk) if val_shards else None
+    if spec.quantiles:  # the resolution head is trained on the same target, log(pt_gen / pt)
+        train_ds = train_ds.map(lambda x, y: (x, (y, y)))
+        val_ds = val_ds.map(lambda x, y: (x, (y, y))) if val_ds is not None else None
     monitor = "val_loss" if val_ds is not None else "loss"
 
     model = build_model(config, spec)
@@ -253,7 +255,7 @@ def train_model(
     writer.writerow(["epoch", *keys])
     for i in range(len(history.get("loss", []))):
         writer.writerow([i, *(history[k][i] for k in keys)])
-    write_text_atomic(os.path.join(output_dir, "history.csv"), buf.getvalue())
+    write_text(os.path.join(output_dir, "history.csv"), buf.getvalue())
     return TrainResult(
         model_path=model_path,
         spec_path=spec_path,

@@ -18,7 +18,7 @@ Categorical values are mapped to their position in the list; a value not in the 
 (``len(values)``), so that an unexpected particle id at inference time does not crash a processor. Embedding
 tables therefore have ``len(values) + 1`` rows (:meth:`Transform.cardinality`).
 
-This module depends on numpy and PyYAML only.
+This module depends on numpy and PyYAML only (fsspec to read and write files).
 """
 
 from __future__ import annotations
@@ -229,10 +229,10 @@ def load_transform(path: str) -> Transform:
 
 
 def save_transform(transform: Transform, path: str) -> None:
-    """Write a transform as YAML, atomically for local paths."""
-    from .data import write_text_atomic
+    """Write a transform as YAML (local path or fsspec URL; atomically for local paths)."""
+    from wfit.atomic import write_text
 
-    write_text_atomic(path, yaml.safe_dump(transform.to_dict(), sort_keys=True))
+    write_text(path, yaml.safe_dump(transform.to_dict(), sort_keys=True))
 
 
 def build_transform(

@@ -1,6 +1,6 @@
 """The main job: NanoAOD to fit result with covariance on one local Dask cluster.
 
-    python examples/run_chain.py [--outdir wfit-output] [--events 200000] [--cpu-workers 2] [--seed 1]
+    python examples/run_chain.py [--outdir wfit-output] [--events 200000] [--cpu-workers 2] [--seed 1] [-v]
 
 Run from the repository checkout (it reads the bundled real NanoAOD files under tests/data/nanoaod).
 
@@ -10,10 +10,12 @@ Run from the repository checkout (it reads the bundled real NanoAOD files under 
    (BSD-3-Clause; see tests/data/PROVENANCE.md).
 2. Starts a local cluster bound to 127.0.0.1: CPU workers plus one worker that declares ``GPU=1``
    (:func:`wfit.pipeline.local_chain_cluster`; settings of ``dask_configs/local.yaml``).
-3. Measures the W angular coefficients A0/A4 on the W MC, then runs the template processor (coffea Runner,
-   DaskExecutor) on the CPU workers, writes the workspace with Poisson pseudo-data (seeded) and submits
-   the fit with ``resources={"GPU": 1}`` (:func:`wfit.pipeline.run_chain`).
+3. Measures the W angular coefficients A0/A4 on the W MC, then runs the template processor
+   (:func:`wfit.processors.run_templates` on Dask) on the CPU workers, writes the workspace with Poisson
+   pseudo-data (seeded) and submits the fit with ``resources={"GPU": 1}`` (:func:`wfit.pipeline.run_chain`).
 4. Prints the POI table and writes ``templates_pt.png``, ``templates_eta.png`` and ``pulls.png``.
+
+TensorFlow's start-up lines (from the fit worker) are kept out of the terminal unless ``-v`` is given.
 
 Normalisations (pb, 1/pb) are demonstration values: W 20 nb, Z 2 nb, ttbar 830 pb and DY 6 nb with a
 luminosity that makes the W MC as large as the pseudo-data. The POIs are signal strengths mu per
@@ -39,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=200_000, help="toy W MC events (default 200000)")
     p.add_argument("--cpu-workers", type=int, default=2, help="CPU worker processes (default 2)")
     p.add_argument("--seed", type=int, default=1, help="seed of the toys and the pseudo-data (default 1)")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also show TensorFlow's start-up and C++ log lines"
+    )
     return p
 
 
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "DY": Sample("background", xsec=DY_XSEC),
     }
 
-    with local_chain_cluster(cpu_workers=args.cpu_workers, gpu_workers=1) as client:
+    with local_chain_cluster(cpu_workers=args.cpu_workers, gpu_workers=1, tensorflow_log=args.verbose) as client:
         print(f"cluster: {len(client.scheduler_info(n_workers=-1)['workers'])} workers at {client.scheduler.address}")
         moments = process_on_cluster(client, {"W": files["W"]}, AngularCoefficientsProcessor(cfg))
         coefficients = AngularCoefficients.from_moments(moments["W"]["moments"])

@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so that ``import wfit.fitter`` is cheap and never imports coffea)::
 
-    from wfit.fitter import fit_workspace, Likelihood, fit, FitResult, read_result, FitStatus
+    from wfit.fitter import fit_workspace, FitOptions, Likelihood, fit, FitResult, read_result, FitStatus
     from wfit.fitter import impacts, scan, scan2d, run_toys, goodness_of_fit
     from wfit.fitter.derived import masked_channel, normalized, asymmetry, summed  # cross sections
     from wfit.fitter.plots import plot_all
@@ -18,6 +18,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "FitOptions",
     "FitResult",
     "FitStatus",
     "Likelihood",
@@ -32,15 +33,16 @@ __all__ = [
 ]
 
 _WHERE = {
+    "FitOptions": "wfit.fitter.options",
     "FitResult": "wfit.fitter.result",
     "read_result": "wfit.fitter.result",
     "FitStatus": "wfit.fitter.minimize",
     "Likelihood": "wfit.fitter.likelihood",
     "fit": "wfit.fitter.fitting",
     "fit_workspace": "wfit.fitter.fitting",
-    "impacts": "wfit.fitter.impacts",
-    "scan": "wfit.fitter.scan",
-    "scan2d": "wfit.fitter.scan",
+    "impacts": "wfit.fitter.breakdown",
+    "scan": "wfit.fitter.scanning",
+    "scan2d": "wfit.fitter.scanning",
     "run_toys": "wfit.fitter.toys",
     "goodness_of_fit": "wfit.fitter.toys",
 }

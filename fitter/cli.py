@@ -2,11 +2,22 @@
 
 Usage::
 
-    wfit fit WORKSPACE [-o RESULT.hdf5] [--asimov] [--no-bb-lite] [--device cpu|gpu]
-                       [--tol 1e-10] [--seed 0] [--poi-nonnegative] [--trust-pickle]
-                       [--impacts] [--scan PARAM ...] [--plots DIR]
+    wfit fit WORKSPACE [-o RESULT.hdf5] [--asimov | --pseudodata NAME] [--covariance-fit]
+                       [--no-bb-lite] [--device cpu|gpu] [--tol 1e-10] [--max-iter 200] [--seed 0]
+                       [--poi-nonnegative] [--trust-pickle] [--impacts] [--scan PARAM ...] [--plots DIR]
+                       [-q] [-v]
 
-Exit codes: 0 converged; 1 the fit did not converge (status printed); 2 bad input or options.
+The fit options map one to one onto :class:`wfit.fitter.FitOptions`, and the fit is
+:func:`wfit.fitter.fit_workspace`, as from Python. TensorFlow's start-up lines are shown with ``-v`` only.
+
+Checked before the fit (exit 2, one line): the workspace, the options, the result file (``-o`` must not be
+the workspace under any spelling, and its folder must be creatable and writable), the ``--plots`` folder and
+the ``--scan`` parameters. The result is written as soon as the fit ends, before the post-fit steps (goodness
+of fit, impacts, scans, plots), and again with their products: a post-fit step that fails leaves the fit result
+on disk (exit 3).
+
+Exit codes: 0 converged; 1 the fit did not converge (status printed); 2 bad input or options; 3 a post-fit step
+failed (the fit result is written); 130 interrupted (Ctrl-C; the line says whether the result was written).
 """
 
 from __future__ import annotations
@@ -18,10 +29,14 @@ import time
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_NOT_CONVERGED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_NOT_CONVERGED, EXIT_BAD_INPUT, EXIT_POST_FIT_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:
+    from wfit.fitter.options import FitOptions
+
+    default = FitOptions()
     p = argparse.ArgumentParser(prog="wfit", description="wfit: the fit stage of the W measurement.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     f = sub.add_parser(
@@ -33,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument(
         "-o", "--output", default=None, help="result file (default: fitresult.hdf5 next to the workspace)"
     )
+    # The fit options: one flag per FitOptions field, its dest the field's name.
     f.add_argument(
         "--asimov", action="store_true", help="fit the Asimov data set (mu=1, theta=0) instead of data"
     )
@@ -44,13 +60,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--device",
-        default=None,
+        default=default.device,
         help="cpu, gpu or a TensorFlow device (default: the GPU if TensorFlow sees one)",
     )
-    f.add_argument("--tol", type=float, default=1e-10, help="EDM tolerance (default 1e-10)")
-    f.add_argument("--max-iter", type=int, default=200, help="iteration limit (default 200)")
-    f.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
+    f.add_argument("--tol", type=float, default=default.tol, help=f"EDM tolerance (default {default.tol:g})")
+    f.add_argument(
+        "--max-iter", type=int, default=default.max_iter, help=f"iteration limit (default {default.max_iter})"
+    )
+    f.add_argument(
+        "--seed", type=int, default=default.seed, help=f"seed of every random generator (default {default.seed})"
+    )
     f.add_argument("--poi-nonnegative", action="store_true", help="keep the signal strengths >= 0")
+    f.add_argument(
+        "--pseudodata",
+        metavar="NAME",
+        default=default.pseudodata,
+        help="fit the pseudo-data set NAME stored in the workspace instead of the data (rabbit's --pseudoData)",
+    )
+    f.add_argument(
+        "--covariance-fit",
+        action="store_true",
+        help="chi-square fit with the workspace's data covariance, hdata_cov_inv (rabbit's --covarianceFit)",
+    )
+    # Reading, post-fit products and output.
     f.add_argument(
         "--trust-pickle",
         action="store_true",
@@ -65,65 +97,135 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--plots", metavar="DIR", default=None,
                    help="write post-fit plots (pulls, correlations, pre/post-fit templates, impacts) to DIR")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    f.add_argument(
+        "-v", "--verbose", action="store_true", help="also show TensorFlow's start-up and C++ log lines"
+    )
     return p
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from wfit.workspace import WorkspaceError, read_workspace
+    from wfit.fitter.options import FitOptions
 
     if not os.path.exists(args.workspace):
         print(f"wfit: error: {args.workspace}: no such workspace file", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.tol <= 0 or args.max_iter <= 0:
-        print("wfit: error: --tol and --max-iter must be positive", file=sys.stderr)
+    try:
+        options = FitOptions(**{name: getattr(args, name) for name in FitOptions.names()})
+    except ValueError as err:
+        print(f"wfit: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.workspace)), "fitresult.hdf5")
+    problem = _output_problem(args.workspace, out, args.plots)
+    if problem is not None:
+        print(f"wfit: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    written: list[str] = []  # the result file, once written
+    try:
+        return _run_fit(args, options, out, written)
+    except KeyboardInterrupt:
+        if written:
+            print(f"wfit: interrupted: the fit result was written to {out}; the post-fit steps did not finish",
+                  file=sys.stderr)
+        else:
+            print(f"wfit: interrupted: nothing was written ({out} was not created or changed)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _output_problem(workspace: str, out: str, plots: str | None) -> str | None:
+    """Why the result file or the plot folder cannot be written, checked before the fit; None if they can."""
+    ws_real, out_real = os.path.realpath(workspace), os.path.realpath(out)
+    same = ws_real == out_real
+    if not same and os.path.exists(out):
+        try:
+            same = os.path.samefile(workspace, out)  # hard links
+        except OSError:
+            same = False
+    if same:
+        return (f"-o {out} is the input workspace {workspace} (the same file, {ws_real}): writing the result "
+                "would overwrite it; choose another result file")
+    if os.path.isdir(out):
+        return f"-o {out} is a directory; give the result file's path, e.g. {os.path.join(out, 'fitresult.hdf5')}"
+    parent = os.path.dirname(os.path.abspath(out))
+    for what, folder in (("-o", parent), ("--plots", None if plots is None else os.path.abspath(plots))):
+        if folder is None:
+            continue
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            return f"{what}: cannot create the folder {folder} ({err.strerror}); choose a writable location"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"{what}: the folder {folder} is not writable; choose a writable location"
+    return None
+
+
+def _unknown_scans(params: list[str], names: list[str]) -> str | None:
+    """The error for ``--scan`` parameters that the model does not have, with the close names; None if all exist."""
+    import difflib
+
+    unknown = [p for p in dict.fromkeys(params) if p not in names]
+    if not unknown:
+        return None
+    hints = []
+    for p in unknown:
+        close = difflib.get_close_matches(p, names, n=3, cutoff=0.6)
+        hints.append(f"{p!r} (close: {', '.join(close)})" if close else repr(p))
+    return (f"--scan: no parameter {', '.join(hints)} in the workspace; the parameters are the POIs "
+            f"{names[:5]}... and the nuisances of hsysts")
+
+
+def _run_fit(args: argparse.Namespace, options, out: str, written: list[str]) -> int:
+    from wfit.workspace import WorkspaceError, read_workspace
+
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-
     t0 = time.perf_counter()
-    log(f"wfit: reading {args.workspace}")
-    try:
-        ws = read_workspace(args.workspace, trust_pickle=args.trust_pickle, load_logk=False)
-    except WorkspaceError as err:
-        print(f"wfit: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    log(
-        f"wfit: {ws.nbins} bins ({ws.nbinsfull - ws.nbins} masked), {ws.nproc} processes "
-        f"({len(ws.signals)} POIs), {ws.nsyst} nuisances, {'symmetric' if ws.symmetric else 'asymmetric'} "
-        f"log-normal, {time.perf_counter() - t0:.1f} s"
-    )
+    from wfit.fitter._tf import import_tensorflow
 
-
-    from wfit.fitter._tf import tf
-    from wfit.fitter.fitting import fit
-    from wfit.fitter.likelihood import Likelihood
-
-    tf.random.set_seed(args.seed)
-    try:
-        ll = Likelihood(ws, bb_lite=args.bb_lite, device=args.device)
-    except RuntimeError as err:
-        print(f"wfit: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.asimov:
-        ll.set_data(ll.asimov_data())
-    log(
-        f"wfit: fitting on {ll.device} ({'Asimov data' if args.asimov else 'observed data'}, "
-        f"BB-lite {'on' if args.bb_lite else 'off'})"
-    )
+    import_tensorflow(verbose=args.verbose)  # before anything else imports it
+    from wfit.fitter.fitting import fit_workspace
 
     def progress(it: int, nll: float, edm: float) -> None:
         log(f"  iteration {it:3d}   NLL = {nll:.8f}   EDM = {edm:.3g}")
 
-    result = fit(
-        ll, tol=args.tol, max_iter=args.max_iter, poi_nonnegative=args.poi_nonnegative, callback=progress
-    )
-    result.options.update({"asimov": args.asimov, "seed": args.seed})
-    print(result.summary(max_nuisances=args.max_nuisances))
-    if result.ok:
-        _post_fit(args, ll, result, log)
+    failed: list[str] = []
+
+    def post_fit(ll, result) -> None:
+        # The fit is on disk before any post-fit step runs: a failing or interrupted step cannot lose it.
+        result.timings["total"] = time.perf_counter() - t0
+        result.write(out)
+        written.append(out)
+        print(result.summary(max_nuisances=args.max_nuisances))
+        if result.ok:
+            try:
+                _post_fit(args, ll, result, log)
+            except Exception as err:  # reported with the path of the fit result, which is kept
+                failed.append(f"{type(err).__name__}: {err}")
+
+    try:
+        log(f"wfit: reading {args.workspace}")
+        t_read = time.perf_counter()
+        ws = read_workspace(args.workspace, trust_pickle=args.trust_pickle, load_logk=False)
+        load = time.perf_counter() - t_read
+        problem = _unknown_scans(args.scan, list(ws.signals) + list(ws.systs))
+        if problem is not None:
+            print(f"wfit: error: {problem}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        result = fit_workspace(
+            ws,
+            options,
+            callback=progress,
+            log=lambda line: log(f"wfit: {line}"),
+            post_fit=post_fit,
+        )
+    except (WorkspaceError, RuntimeError) as err:  # RuntimeError: device="gpu" and TensorFlow sees none
+        print(f"wfit: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    result.timings["load"] = load
     result.timings["total"] = time.perf_counter() - t0
-    result.write(out)
+    result.write(out)  # again, with what the post-fit steps added
     print(f"result written to {out}  ({result.timings['total']:.1f} s)")
+    if failed:
+        print(f"wfit: error: a post-fit step failed ({failed[0]}); the fit result is in {out}", file=sys.stderr)
+        return EXIT_POST_FIT_FAILED
     if not result.ok:
         print(f"wfit: the fit did not converge: {result.status.describe()}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
@@ -142,7 +244,7 @@ def _post_fit(args: argparse.Namespace, ll, result, log) -> None:
           f"p-value = {gof.p_value:.3f}")
     imp = None
     if args.impacts or args.plots:
-        from wfit.fitter.impacts import impacts
+        from wfit.fitter.breakdown import impacts
 
         t = time.perf_counter()
         imp = impacts(ll, result)
@@ -153,7 +255,7 @@ def _post_fit(args: argparse.Namespace, ll, result, log) -> None:
             top = ", ".join(f"{n} {v:+.3g}" for n, v in imp.ranked(poi, 5))
             print(f"largest impacts on {poi}: {top}")
     for param in args.scan:
-        from wfit.fitter.scan import scan
+        from wfit.fitter.scanning import scan
 
         log(f"wfit: scanning {param}")
         sc = scan(ll, result, param)

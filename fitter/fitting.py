@@ -5,23 +5,29 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from wfit.fitter._tf import tf
 from wfit.fitter.likelihood import Likelihood
 from wfit.fitter.minimize import edm_and_covariance, minimize
+from wfit.fitter.options import FitOptions
 from wfit.fitter.result import FitResult
-from wfit.workspace import Workspace, read_workspace
+from wfit.workspace import Workspace, WorkspaceError, read_workspace
+from wfit.workspace.schema import dataset_error
 
 __all__ = ["fit", "fit_workspace"]
+
+_DEFAULTS = FitOptions()
 
 
 def fit(
     ll: Likelihood,
     *,
-    tol: float = 1e-10,
-    max_iter: int = 200,
-    poi_nonnegative: bool = False,
+    tol: float = _DEFAULTS.tol,
+    max_iter: int = _DEFAULTS.max_iter,
+    poi_nonnegative: bool = _DEFAULTS.poi_nonnegative,
     x0: np.ndarray | None = None,
     callback: Callable[[int, float, float], None] | None = None,
 ) -> FitResult:
@@ -80,50 +86,99 @@ def fit(
 
 def fit_workspace(
     workspace: str | os.PathLike[str] | Workspace,
+    options: FitOptions | None = None,
     *,
-    asimov: bool = False,
-    bb_lite: bool = True,
-    device: str | None = None,
-    tol: float = 1e-10,
-    max_iter: int = 200,
-    poi_nonnegative: bool = False,
     trust_pickle: bool = False,
     callback: Callable[[int, float, float], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    post_fit: Callable[[Likelihood, FitResult], None] | None = None,
+    **changes: Any,
 ) -> FitResult:
-    """Read a workspace and fit it.
+    """Read a workspace and fit it: the one fit of the API, ``wfit fit`` and the cluster fit.
 
     Args:
         workspace: Path of the HDF5 workspace (or an already read :class:`Workspace`).
-        asimov: Fit the Asimov data set (expected yields at mu = 1, theta = 0) instead of the data.
-        bb_lite: Barlow-Beeston lite treatment of the MC statistical uncertainty.
-        device: ``"cpu"``, ``"gpu"``, a TensorFlow device, or ``None`` for the GPU when one is seen.
-        tol: EDM tolerance.
-        max_iter: Iteration limit.
-        poi_nonnegative: Keep the POIs >= 0.
+        options: The :class:`FitOptions` (defaults when ``None``).
         trust_pickle: Allow reading rabbit's pickled metadata (see :func:`read_workspace`).
         callback: Progress hook ``callback(iteration, nll, edm)``.
+        log: Receives one line per stage (the workspace read, the device and data set of the fit).
+        post_fit: Called as ``post_fit(likelihood, result)`` after the fit, before returning: what needs
+            the likelihood (goodness of fit, impacts, scans) without building it twice.
+        **changes: Options that replace those of ``options``, by name (``tol=1e-12``); a name that is
+            not a :class:`FitOptions` field is a ``TypeError``.
 
     Returns:
-        The :class:`FitResult`; check ``result.status`` (or ``result.ok``).
+        The :class:`FitResult`; check ``result.status`` (or ``result.ok``). ``result.options`` holds
+        :meth:`FitOptions.to_dict` with the device that TensorFlow used (e.g. ``"/CPU:0"``).
 
     Example:
-        >>> from wfit.fitter import fit_workspace
-        >>> result = fit_workspace("workspace.hdf5")  # doctest: +SKIP
+        >>> from wfit.fitter import FitOptions, fit_workspace
+        >>> result = fit_workspace("workspace.hdf5", FitOptions(asimov=True))  # doctest: +SKIP
+        >>> result = fit_workspace("workspace.hdf5", bb_lite=False)  # doctest: +SKIP
         >>> print(result.summary())  # doctest: +SKIP
     """
+    opts = FitOptions.resolve(options, **changes)
+    say = log or (lambda line: None)
     t0 = time.perf_counter()
-    # The log(kappa) tensor stays on disk: the likelihood streams it into its compacted blocks.
-    ws = (
-        workspace
-        if isinstance(workspace, Workspace)
-        else read_workspace(workspace, trust_pickle=trust_pickle, load_logk=False)
-    )
+    if isinstance(workspace, Workspace):
+        ws = workspace
+    else:
+        say(f"reading {os.fspath(workspace)}")
+        # The log(kappa) tensor stays on disk: the likelihood streams it into its compacted blocks.
+        ws = read_workspace(workspace, trust_pickle=trust_pickle, load_logk=False)
     t1 = time.perf_counter()
-    ll = Likelihood(ws, bb_lite=bb_lite, device=device)
-    if asimov:
+    kind = "log-normal" if ws.systematic_type == "log_normal" else "additive (normal)"
+    say(
+        f"{ws.nbins} bins ({ws.nbinsfull - ws.nbins} masked), {ws.nproc} processes ({len(ws.signals)} POIs), "
+        f"{ws.nsyst} nuisances, {'symmetric' if ws.symmetric else 'asymmetric'} {kind}, {t1 - t0:.1f} s"
+    )
+    data = None
+    if opts.pseudodata is not None:
+        if opts.pseudodata not in ws.pseudodata:
+            raise dataset_error(
+                ws.path,
+                "hpseudodatanames",
+                f"has no pseudo-data set {opts.pseudodata!r}; the file has {sorted(ws.pseudodata) or 'none'}",
+            )
+        data = ws.pseudodata[opts.pseudodata]
+    if opts.covariance_fit and ws.data_cov_inv is None:
+        raise dataset_error(
+            ws.path,
+            "hdata_cov_inv",
+            "is missing: covariance_fit (--covariance-fit) needs the inverse data covariance; write it with "
+            "rabbit's TensorWriter.add_data_covariance, or fit without the option",
+        )
+    mixed = _bins_mixing_zero_variance(ws) if opts.bb_lite else 0
+    if mixed:
+        say(f"{mixed} bins hold processes without MC statistics (sumw2 = 0) beside processes with them: "
+            "BB-lite scales all of them, as rabbit 0.2.5 does; rabbit main leaves those processes unscaled")
+    if ws.data_cov_inv is not None and not opts.covariance_fit:
+        say("the file has a data covariance (hdata_cov_inv), unused by this Poisson fit, as by rabbit without "
+            "--covarianceFit; covariance_fit=True (--covariance-fit) fits with it")
+    tf.random.set_seed(opts.seed)
+    try:
+        ll = Likelihood(ws, bb_lite=opts.bb_lite, device=opts.device, data=data,
+                        covariance_fit=opts.covariance_fit)
+    except ValueError as err:  # data the likelihood cannot take (e.g. negative pseudo-data in a Poisson fit)
+        raise WorkspaceError(str(err)) from err
+    if opts.asimov:
         ll.set_data(ll.asimov_data())
     t2 = time.perf_counter()
-    result = fit(ll, tol=tol, max_iter=max_iter, poi_nonnegative=poi_nonnegative, callback=callback)
+    which = "Asimov data" if opts.asimov else "observed data"
+    if opts.pseudodata is not None:
+        which = f"pseudo-data {opts.pseudodata!r}"
+    model = "chi-square with the data covariance" if opts.covariance_fit else "Poisson"
+    say(f"fitting on {ll.device} ({which}, {model}, BB-lite {'on' if opts.bb_lite else 'off'})")
+    result = fit(ll, tol=opts.tol, max_iter=opts.max_iter, poi_nonnegative=opts.poi_nonnegative, callback=callback)
     result.timings = {"load": t1 - t0, "setup": t2 - t1, **result.timings}
-    result.options["asimov"] = asimov
+    result.options = {**opts.to_dict(), "device": ll.device}
+    if post_fit is not None:
+        post_fit(ll, result)
     return result
+
+
+def _bins_mixing_zero_variance(ws: Workspace) -> int:
+    """Unmasked bins where a process with yield but no MC statistics meets one with MC statistics."""
+    nb = ws.nbins
+    zero = (ws.norm[:nb] != 0.0) & (ws.sumw2[:nb] == 0.0)
+    return int(np.count_nonzero(zero.any(axis=1) & (ws.sumw2[:nb] > 0.0).any(axis=1)))

@@ -1,30 +1,50 @@
 """The binned likelihood of a workspace in TensorFlow, float64, with exact derivatives.
 
-Model (the conventions of rabbit 0.2.5 and CMS combine):
+Model (the conventions of rabbit, 0.2.5 and main, and of CMS combine):
 
-* Expected yields ``nu_bp = r_p * norm_bp * exp(sum_s theta_s logkavg_bps + theta_s alpha(theta_s)
-  logkhalfdiff_bps)`` with ``r_p = mu_p`` for signals (the POI is mu itself, not sqrt(mu)) and 1
-  otherwise; ``alpha`` is combine's smooth step ``t(3t^4 - 10t^2 + 15)/8`` with ``t = 2 theta``,
-  clipped to [-1, 1].
-* Poisson terms with the saturated offset, ``nu - n - n (log nu - log n)`` (``log n := 0`` for
-  ``n = 0``), so the NLL at the minimum is half the saturated chi2.
+* Expected yields for the workspace's systematic type (``ws.systematic_type``), with ``E_bp(theta) =
+  sum_s theta_s logkavg_bps + theta_s alpha(theta_s) logkhalfdiff_bps``:
+
+  - ``"log_normal"``: ``nu_bp = r_p * norm_bp * exp(E_bp)``;
+  - ``"normal"`` (rabbit's additive systematics; the arrays hold yield differences):
+    ``nu_bp = r_p * norm_bp + E_bp``, the shift not scaled by the signal strength (rabbit main also
+    scales it by the POIs' starting values, 1 by default, so the two agree);
+
+  with ``r_p = mu_p`` for signals (the POI is mu itself, not sqrt(mu)) and 1 otherwise; ``alpha`` is
+  combine's smooth step ``t(3t^4 - 10t^2 + 15)/8`` with ``t = 2 theta``, clipped to [-1, 1].
+* Data, either
+
+  - Poisson terms with the saturated offset, ``nu - n - n (log nu - log n)`` (``log n := 0`` for
+    ``n = 0``), so the NLL at the minimum is half the saturated chi2; or
+  - with ``covariance_fit`` (rabbit's ``--covarianceFit``), the chi-square ``0.5 (n - nu)^T C (n - nu)``
+    with the inverse data covariance ``C`` of the file (``hdata_cov_inv``).
+
 * Gaussian constraints ``0.5 * w_s (theta_s - theta0_s)^2`` (``w = 0`` for free parameters).
-* Barlow-Beeston lite (on by default): one gamma-distributed ``beta_b`` per bin multiplying the
-  total yield, with ``k_b = (sum_p sumw_bp)^2 / sum_p sumw2_bp`` and constraint
-  ``k_b (beta_b - beta0_b - beta0_b log(beta_b / beta0_b))``, profiled analytically:
-  ``beta_b = (n_b + k_b beta0_b) / (nu_b + k_b)``.
+* Barlow-Beeston lite (on by default), profiled analytically, as rabbit's automatic choice for each
+  data term:
 
-Every bin's NLL depends on the parameters only through its total yield ``nu_b``, so with
-``g_b(nu_b)`` the profiled per-bin NLL,
+  - Poisson: one gamma-distributed ``beta_b`` per bin multiplying the total yield, with ``k_b =
+    (sum_p sumw_bp)^2 / sum_p sumw2_bp`` and constraint ``k_b (beta_b - beta0_b - beta0_b log(beta_b /
+    beta0_b))``: ``beta_b = (n_b + k_b beta0_b) / (nu_b + k_b)``;
+  - chi-square: an additive ``sigma_b beta_b`` with ``sigma_b^2 = sum_p sumw2_bp`` and constraint
+    ``0.5 (beta_b - beta0_b)^2`` (rabbit's ``normal-additive``). Profiling a Gaussian in a Gaussian
+    gives the chi-square with ``C_eff = (C^-1 + diag(sigma^2))^-1 = C - C S (1 + S C S)^-1 S C``
+    (Woodbury; ``S = diag(sigma)``) and residual ``n - nu - S beta0``.
+
+With Poisson data every bin's NLL depends on the parameters only through its total yield ``nu_b``,
+so with ``g_b(nu_b)`` the profiled per-bin NLL,
 
     dL/dx_i = sum_b g'_b d_i nu_b,
-    d2L/dx_i dx_j = sum_b [g''_b d_i nu_b d_j nu_b + g'_b d_i d_j nu_b] + constraints,
+    d2L/dx_i dx_j = sum_b [g''_b d_i nu_b d_j nu_b + g'_b d_i d_j nu_b] + constraints;
 
-and the derivatives of ``nu_b`` are tensor contractions of the log(kappa) array. This gives the
-gradient in the same pass over the array as the yields, and the exact Hessian (not a finite
-difference, not one Hessian-vector product per parameter) in about one more pass and a
-``[nsyst x nbins*nproc] @ [nbins*nproc x nsyst]`` matrix product. The bins are processed in blocks
-sized to stay in cache, so each block of log(kappa) is read once per evaluation.
+with the chi-square, ``g' = C_eff (nu - n + S beta0)`` and the first sum becomes ``J^T C_eff J`` with
+``J = d nu / d x`` [bins x parameters]. The derivatives of ``nu_b`` are tensor contractions of the
+log(kappa) array (for ``"normal"`` the yields are linear in ``theta`` but for the asymmetric step,
+and ``d2 nu / d mu d theta = 0``). This gives the gradient in the same pass over the array as the
+yields, and the exact Hessian (not a finite difference, not one Hessian-vector product per
+parameter) in about one more pass and a ``[nsyst x nbins*nproc] @ [nbins*nproc x nsyst]`` matrix
+product. The bins are processed in blocks sized to stay in cache, so each block of log(kappa) is
+read once per evaluation.
 
 The functions are traced once per :class:`Likelihood` with a fixed input signature; data can be
 replaced (toys) without retracing through :meth:`Likelihood.set_data`.
@@ -37,7 +57,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from wfit.fitter._tf import tf, to_tensor
-from wfit.workspace import CompactBlock, Workspace, iter_compact_blocks
+from wfit.fitter.blocks import CompactBlock, iter_compact_blocks
+from wfit.workspace import Workspace
+from wfit.workspace.schema import SYSTEMATIC_TYPES
 
 __all__ = ["Likelihood", "alpha_step"]
 
@@ -59,7 +81,7 @@ def alpha_step(theta):
 
 @dataclass(frozen=True)
 class _Block:
-    """Tensors of one :class:`~wfit.workspace.CompactBlock` (rows: non-zero (bin, process) pairs)."""
+    """Tensors of one :class:`~wfit.fitter.blocks.CompactBlock` (rows: non-zero (bin, process) pairs)."""
 
     nb: int  # bins in the block
     dense: bool  # rows are all [nb x nproc] pairs, bin-major
@@ -90,9 +112,12 @@ class Likelihood:
     full tensor is never held in memory.
 
     Args:
-        ws: The workspace (see :func:`wfit.workspace.read_workspace`).
+        ws: The workspace (see :func:`wfit.workspace.read_workspace`); its ``systematic_type``
+            selects log-normal or additive systematics.
         bb_lite: Barlow-Beeston lite for the MC statistical uncertainty.
         data: Observed counts for the unmasked bins; defaults to ``ws.data_obs``.
+        covariance_fit: The chi-square fit with the workspace's inverse data covariance
+            (``ws.data_cov_inv``, rabbit's ``--covarianceFit``) instead of Poisson terms.
         device: ``"cpu"``, ``"gpu"`` or a TensorFlow device string; ``None`` picks the GPU when
             TensorFlow sees one.
         block_bytes: Target size in bytes of one block of the (uncompacted) log(kappa) tensor.
@@ -115,9 +140,19 @@ class Likelihood:
         device: str | None = None,
         block_bytes: int = 8 * 1024**2,
         jit_compile: bool | None = None,
+        covariance_fit: bool = False,
     ) -> None:
+        if ws.systematic_type not in SYSTEMATIC_TYPES:
+            raise ValueError(f"{ws.path}: systematic type {ws.systematic_type!r}; wfit models {SYSTEMATIC_TYPES}")
+        if covariance_fit and ws.data_cov_inv is None:
+            raise ValueError(
+                f"{ws.path}: covariance_fit needs the inverse data covariance hdata_cov_inv, which the file lacks "
+                "(rabbit's TensorWriter writes it after add_data_covariance or add_to_data_covariance)"
+            )
         self.ws = ws
         self.bb_lite = bool(bb_lite)
+        self.additive = ws.systematic_type == "normal"
+        self.covariance_fit = bool(covariance_fit)
         self.device = resolve_device(device)
         self.npoi = len(ws.signals)
         self.nsyst = ws.nsyst
@@ -150,6 +185,8 @@ class Likelihood:
             self._kstat = tf.constant(np.where(bbmask, 1.0, kstat))
             self._bbmask = tf.constant(bbmask)
             self._beta0 = tf.Variable(np.ones(nb), dtype=tf.float64, trainable=False, name="beta0")
+            if self.covariance_fit:
+                self._setup_covariance(ws.data_cov_inv, np.sqrt(varw))
         self._nominal_total = ws.norm[:nb].sum(axis=1)
         self.set_data(ws.data_obs if data is None else data)
 
@@ -164,6 +201,22 @@ class Likelihood:
                                               input_signature=spec)
         self._f_masked = tf.function(lambda x: self._process_yields(x, masked=True), input_signature=spec)
         self._f_yields = tf.function(lambda x: self._yields(x, self.bb_lite), input_signature=spec)
+
+    def _setup_covariance(self, cov_inv: np.ndarray, sigma: np.ndarray) -> None:
+        """The chi-square's matrices: ``C``, and with BB-lite ``C_eff`` and the profiled-beta map ``M``."""
+        c = 0.5 * (cov_inv + cov_inv.T)  # the quadratic form sees the symmetric part only
+        self._sigma = tf.constant(sigma if self.bb_lite else np.zeros_like(sigma))
+        self._cinv = tf.constant(c)
+        if self.bb_lite:
+            # beta = beta0 + M (n - nu - S beta0), M = (1 + S C S)^-1 S C; C_eff = C - C S M
+            a = np.eye(len(sigma)) + sigma[:, None] * c * sigma[None, :]
+            m = np.linalg.solve(a, sigma[:, None] * c)
+            ceff = c - (c * sigma[None, :]) @ m
+            self._bbmap = tf.constant(m)
+            self._ceff = tf.constant(0.5 * (ceff + ceff.T))
+        else:
+            self._bbmap = None
+            self._ceff = self._cinv
 
     def _make_block(self, cb: CompactBlock) -> _Block:
         nrow, dev = len(cb.norm), self.device
@@ -201,10 +254,12 @@ class Likelihood:
         nobs = np.asarray(nobs, dtype=np.float64)
         if nobs.shape != (self.ws.nbins,):
             raise ValueError(f"data has shape {nobs.shape}, the workspace has {self.ws.nbins} unmasked bins")
-        if not np.all(np.isfinite(nobs)) or np.any(nobs < 0):
-            raise ValueError("data must be finite and >= 0")
+        if not np.all(np.isfinite(nobs)):
+            raise ValueError("data must be finite")
+        if np.any(nobs < 0) and not self.covariance_fit:
+            raise ValueError("data must be >= 0 (negative data need the chi-square fit with a data covariance)")
         empty = np.flatnonzero((nobs > 0) & (self._nominal_total == 0.0))
-        if len(empty):
+        if len(empty) and not self.covariance_fit:
             where = ", ".join(self._describe_bin(b) for b in empty[:5])
             raise ValueError(
                 f"{self.ws.path}: {len(empty)} bins have observed events but no expected events from any process "
@@ -214,7 +269,9 @@ class Likelihood:
         self._nobs.assign(nobs)
         self._lognobs.assign(np.log(np.where(nobs > 0, nobs, 1.0)))
         self._theta0.assign(np.zeros(self.nsyst) if theta0 is None else np.asarray(theta0, dtype=np.float64))
-        self._beta0.assign(np.ones(self.ws.nbins) if beta0 is None else np.asarray(beta0, dtype=np.float64))
+        # the additive beta of the chi-square fit is centred on 0, the multiplicative one on 1
+        default_beta0 = np.zeros(self.ws.nbins) if self.covariance_fit else np.ones(self.ws.nbins)
+        self._beta0.assign(default_beta0 if beta0 is None else np.asarray(beta0, dtype=np.float64))
 
     def _describe_bin(self, b: int) -> str:
         for ch in self.ws.channels:
@@ -310,15 +367,21 @@ class Likelihood:
         return tf.math.unsorted_segment_sum(rows, blk.row_bin, blk.nb)
 
     def _block_yields(self, blk: _Block, theta, ta, r):
-        """Yields per row without (``nuhat``) and with (``nu``) the signal strengths."""
+        """Yields per row: their derivative with respect to the signal strength (``nuhat``) and ``nu``.
+
+        ``nuhat`` is the yield without the signal strength for log-normal systematics and the
+        nominal yield for additive ones.
+        """
         e = tf.linalg.matvec(blk.a, tf.gather(theta, blk.cols))
         if blk.d is not None:
             e = e + tf.linalg.matvec(blk.d, tf.gather(ta, blk.dcols))
-        nuhat = blk.norm * tf.exp(e)
+        nuhat = blk.norm if self.additive else blk.norm * tf.exp(e)
         if blk.dense:
             nu = tf.reshape(tf.reshape(nuhat, [blk.nb, self._nproc]) * r, [-1])
         else:
             nu = nuhat * tf.gather(r, blk.row_proc)
+        if self.additive:
+            nu = nu + e
         return nuhat, nu
 
     def _signal_matrix(self, blk: _Block, rows):
@@ -359,6 +422,10 @@ class Likelihood:
             g2 = g2 + tf.where(mask, tf.zeros_like(k), -beta / (nu_b + k))
         return g, g1, g2
 
+    def _chi2_residual(self, nu_all):
+        """``n - nu - S beta0``: the residual of the chi-square with the profiled additive beta."""
+        return self._nobs - nu_all - self._sigma * self._beta0
+
     def _evaluate(self, x, order: int, profile_bb: bool = True):
         mu, theta, r, ta, dta, d2ta = self._split(x)
         npoi, ns = self.npoi, self.nsyst
@@ -369,15 +436,29 @@ class Likelihood:
         h_tt = tf.zeros([ns, ns], tf.float64)
         h_mt = tf.zeros([npoi, ns], tf.float64)
         h_mm = tf.zeros([npoi, npoi], tf.float64)
+        yields = []
         for blk in self._blocks:
-            sl = slice(blk.b0, blk.b1)
             nuhat, nu = self._block_yields(blk, theta, ta, r)
-            g, g1, g2 = self._per_bin(self._bin_sum(blk, nu), sl, profile_bb)
-            f = f + tf.reduce_sum(g)
+            yields.append((nuhat, nu, self._bin_sum(blk, nu)))
+        if self.covariance_fit:
+            # not separable in bins: dL/dnu = C_eff (nu - n + S beta0), d2L/dnu2 = C_eff (or C at fixed beta)
+            resid = self._chi2_residual(tf.concat([y[2] for y in yields], axis=0))
+            c_resid = tf.linalg.matvec(self._ceff, resid)
+            f = f + 0.5 * tf.reduce_sum(resid * c_resid)
+            per_bin = [(-c_resid[blk.b0 : blk.b1], None) for blk in self._blocks]
+            jac = []
+        else:
+            per_bin = []
+            for blk, (_, _, nu_b) in zip(self._blocks, yields, strict=True):
+                g, g1, g2 = self._per_bin(nu_b, slice(blk.b0, blk.b1), profile_bb)
+                f = f + tf.reduce_sum(g)
+                per_bin.append((g1, g2))
+        for blk, (nuhat, nu, _), (g1, g2) in zip(self._blocks, yields, per_bin, strict=True):
             if order == 0:
-                continue
+                break
             g1_rows = self._rows(blk, g1)
-            gw = g1_rows * nu  # dL/dlog(nu_row)
+            # dL/d(exponent) per row: d nu_row / d E_row is nu_row (log-normal) or 1 (additive)
+            gw = g1_rows if self.additive else g1_rows * nu
             cols = blk.cols[:, None]
             g_theta = tf.tensor_scatter_nd_add(g_theta, cols, tf.linalg.matvec(blk.a, gw, transpose_a=True))
             if blk.d is not None:
@@ -388,31 +469,43 @@ class Likelihood:
             g_mu = g_mu + tf.linalg.matvec(j_m, g1, transpose_a=True)
             if order == 1:
                 continue
-            at = blk.a  # d log(nu_row) / d theta_k
+            at = blk.a  # d E_row / d theta_k
             if blk.d is not None:
                 at = at + tf.matmul(blk.d * tf.gather(dta, blk.dcols), blk.dsel)
-            # sum_rows g'_b nu_row at_row at_row^T : second derivative of the yields
-            h_k = tf.matmul(at, at * gw[:, None], transpose_a=True)
-            j_t = self._bin_sum(blk, nu[:, None] * at)  # d nu_b / d theta_k
-            j_t2 = g2[:, None] * j_t
-            h_k = h_k + tf.matmul(j_t, j_t2, transpose_a=True)
-            h_mm = h_mm + tf.matmul(j_m, g2[:, None] * j_m, transpose_a=True)
-            # d2 nu_b / d mu_p d theta_k = nuhat_row at_row for the rows of process p
-            if blk.dense:
-                at3 = tf.reshape(at, [blk.nb, self._nproc, -1])[:, :npoi, :]
-                mixed = tf.einsum("bp,bps->ps", g1[:, None] * j_m, at3)
+            # d nu_b / d theta_k
+            j_t = self._bin_sum(blk, at if self.additive else nu[:, None] * at)
+            h_k = None
+            if not self.additive:
+                # sum_rows g'_b nu_row at_row at_row^T : second derivative of the log-normal yields
+                h_k = tf.matmul(at, at * gw[:, None], transpose_a=True)
+            h_mt_k = None
+            if self.covariance_fit:
+                jt_full = tf.transpose(tf.scatter_nd(cols, tf.transpose(j_t), [ns, blk.nb]))
+                jac.append(tf.concat([j_m, jt_full], axis=1))
             else:
-                w_sig = tf.gather(g1_rows * nuhat, blk.sig_rows)
-                mixed = tf.math.unsorted_segment_sum(
-                    w_sig[:, None] * tf.gather(at, blk.sig_rows), blk.sig_index[:, 1], npoi
-                )
-            h_mt_k = tf.matmul(j_m, j_t2, transpose_a=True) + mixed
+                j_t2 = g2[:, None] * j_t
+                h_k = tf.matmul(j_t, j_t2, transpose_a=True) + (0.0 if h_k is None else h_k)
+                h_mm = h_mm + tf.matmul(j_m, g2[:, None] * j_m, transpose_a=True)
+                h_mt_k = tf.matmul(j_m, j_t2, transpose_a=True)
+            if not self.additive:
+                # d2 nu_b / d mu_p d theta_k = nuhat_row at_row for the rows of process p
+                if blk.dense:
+                    at3 = tf.reshape(at, [blk.nb, self._nproc, -1])[:, :npoi, :]
+                    mixed = tf.einsum("bp,bps->ps", g1[:, None] * j_m, at3)
+                else:
+                    w_sig = tf.gather(g1_rows * nuhat, blk.sig_rows)
+                    mixed = tf.math.unsorted_segment_sum(
+                        w_sig[:, None] * tf.gather(at, blk.sig_rows), blk.sig_index[:, 1], npoi
+                    )
+                h_mt_k = mixed if h_mt_k is None else h_mt_k + mixed
             # scatter the block's [Sk, Sk] and [npoi, Sk] pieces into the full matrices
-            ii, jj = tf.meshgrid(blk.cols, blk.cols, indexing="ij")
-            h_tt = tf.tensor_scatter_nd_add(
-                h_tt, tf.stack([tf.reshape(ii, [-1]), tf.reshape(jj, [-1])], 1), tf.reshape(h_k, [-1])
-            )
-            h_mt = tf.transpose(tf.tensor_scatter_nd_add(tf.transpose(h_mt), cols, tf.transpose(h_mt_k)))
+            if h_k is not None:
+                ii, jj = tf.meshgrid(blk.cols, blk.cols, indexing="ij")
+                h_tt = tf.tensor_scatter_nd_add(
+                    h_tt, tf.stack([tf.reshape(ii, [-1]), tf.reshape(jj, [-1])], 1), tf.reshape(h_k, [-1])
+                )
+            if h_mt_k is not None:
+                h_mt = tf.transpose(tf.tensor_scatter_nd_add(tf.transpose(h_mt), cols, tf.transpose(h_mt_k)))
         # constraints
         dtheta = theta - self._theta0
         f = f + 0.5 * tf.reduce_sum(self._cw * tf.square(dtheta))
@@ -431,12 +524,22 @@ class Likelihood:
         top = tf.concat([h_mm, h_mt], axis=1)
         bottom = tf.concat([tf.transpose(h_mt), h_tt], axis=1)
         hess = tf.concat([top, bottom], axis=0)
+        if self.covariance_fit:
+            j = tf.concat(jac, axis=0)  # [nbins, nparams]
+            c = self._ceff if profile_bb else self._cinv
+            hess = hess + tf.matmul(j, tf.matmul(c, j), transpose_a=True)
         hess = 0.5 * (hess + tf.transpose(hess))
         return f, grad, hess
 
     def _yields(self, x, bb_lite: bool):
         _, theta, r, ta, _, _ = self._split(x)
         out = []
+        if self.covariance_fit:
+            nu_all = tf.concat([self._bin_sum(b, self._block_yields(b, theta, ta, r)[1]) for b in self._blocks], 0)
+            if not (bb_lite and self.bb_lite):
+                return nu_all
+            beta = self._beta0 + tf.linalg.matvec(self._bbmap, self._chi2_residual(nu_all))
+            return nu_all + self._sigma * beta
         for blk in self._blocks:
             nu_b = self._bin_sum(blk, self._block_yields(blk, theta, ta, r)[1])
             if bb_lite:

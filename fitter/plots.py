@@ -19,7 +19,7 @@ import numpy as np
 from wfit.plots import _mpl, _save
 
 if TYPE_CHECKING:
-    from wfit.fitter.impacts import Impacts
+    from wfit.fitter.breakdown import Impacts
     from wfit.fitter.likelihood import Likelihood
     from wfit.fitter.result import FitResult
 

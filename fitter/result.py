@@ -10,8 +10,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from wfit.atomic import atomic_write_hdf5
 from wfit.fitter.minimize import FitStatus
-from wfit.workspace import atomic_write_hdf5
 
 __all__ = ["FitResult", "read_result"]
 
@@ -35,7 +35,9 @@ class FitResult:
         timings: Seconds spent per stage (``load``, ``setup``, ``minimize``, ``covariance``).
         workspace: Path of the input workspace.
         workspace_sha256: Checksum of the input workspace.
-        options: The fit options (JSON-able).
+        options: The fit options, :meth:`FitOptions.to_dict` with the device that TensorFlow used
+            (``FitOptions.from_dict(options, strict=False)`` reads them back); a cluster fit adds the
+            ``worker`` and its ``resources``.
         version: wfit version that made the result.
     """
 

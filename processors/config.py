@@ -29,6 +29,7 @@ HELICITIES: tuple[str, ...] = ("L", "R", "0")
 #: LHEScaleWeight indices (9-weight NanoAOD convention: [0] muR=0.5 muF=0.5, [1] muR=0.5 muF=1,
 #: [2] muR=0.5 muF=2, [3] muR=1 muF=0.5, [4] nominal, [5] muR=1 muF=2, [6] muR=2 muF=0.5,
 #: [7] muR=2 muF=1, [8] muR=2 muF=2). The anti-correlated [2] and [6] are not used (7-point scheme).
+#: The keys are systematics declared in wfit.processors.systematics.SYSTEMATICS.
 _QCD_SCALE_9 = {"QCDscale_muR": (7, 1), "QCDscale_muF": (5, 3), "QCDscale_muRmuF": (8, 0)}
 
 

@@ -19,6 +19,11 @@ into the three helicity components with weights ``w_k = f_k P_k(c) / sum_j f_j P
 Generator W: the hard-process (``statusFlags`` bit 7) charged lepton (|pdgId| 11, 13, 15) and
 neutrino (12, 14, 16) of opposite pdgId sign, exactly one of each; leptons are treated as massless.
 
+The template processor splits signal events into W charge x |y_W| x helicity components with
+:class:`ComponentSplit` and :func:`expand_components`. This module is numpy only (awkward for reading a
+NanoEvents chunk); the coffea processor that measures A0 and A4 is
+:class:`wfit.processors.moments.AngularCoefficientsProcessor`.
+
 Example:
     >>> import numpy as np
     >>> w = polarization_weights(np.array([0.3]), np.array([0.5]), np.array([-0.4]))
@@ -32,15 +37,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from coffea import processor
 
-from .config import TemplateConfig
+from .config import HELICITIES, TemplateConfig
 
 __all__ = [
+    "GEN_FIELDS",
     "AngularCoefficients",
-    "AngularCoefficientsProcessor",
+    "ComponentSplit",
     "GenW",
     "collins_soper_costheta",
+    "expand_components",
     "gen_w_from_arrays",
     "gen_w_from_events",
     "helicity_fractions",
@@ -210,7 +216,8 @@ class AngularCoefficients:
 
     @classmethod
     def from_moments(cls, h: Any) -> AngularCoefficients:
-        """Build from the ``moments`` histogram of :class:`AngularCoefficientsProcessor`."""
+        """Build from the ``moments`` histogram of
+        :class:`~wfit.processors.moments.AngularCoefficientsProcessor`."""
         v = h.values()  # [charge(+1, -1), absy, pt, moment(1, c, c^2)]
         s0, s1, s2 = v[..., 0], v[..., 1], v[..., 2]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -236,56 +243,67 @@ class AngularCoefficients:
         return self.a0[iq, iy, ip], self.a4[iq, iy, ip]
 
 
-def _moments_hist(config: TemplateConfig) -> Any:
-    import hist
+@dataclass(frozen=True)
+class ComponentSplit:
+    """How each event of a signal chunk enters the W charge x |y_W| x helicity components.
 
-    return hist.Hist(
-        hist.axis.IntCategory([1, -1], name="charge", label="W charge"),
-        hist.axis.Variable(list(config.absy_edges) + [np.inf], name="absy", label="|y_W|", flow=False),
-        hist.axis.Variable(
-            list(config.coeff_pt_edges) + [np.inf], name="ptW", label="pT_W [GeV]", flow=False
-        ),
-        hist.axis.Integer(0, 3, name="moment", label="moment (1, cos, cos^2)", flow=False),
-        storage=hist.storage.Double(),
-    )
+    An event with a generator W enters the three helicity components of its charge and |y_W| bin with the
+    weights of :func:`polarization_weights` (which sum to one); an event without one enters the unmatched
+    component with weight 1. Component indices are those of
+    :attr:`~wfit.processors.config.TemplateConfig.component_names`.
 
-
-class AngularCoefficientsProcessor(processor.ProcessorABC):
-    """Coffea processor that fills the moments (sum w, sum w c, sum w c^2) of cos(theta*).
-
-    Weights are sign(genWeight). Run it on the W MC before the template processor and pass
-    ``AngularCoefficients.from_moments(out[dataset]["moments"])`` to it.
-
-    Args:
-        config: Binning (``absy_edges``, ``coeff_pt_edges``).
+    Attributes:
+        found: Whether the event has a generator W -> l nu.
+        base: Component index of its left-handed component (right-handed ``base + 1``, longitudinal
+            ``base + 2``).
+        weights: Helicity weights ``[3, n_events]`` (L, R, 0).
+        unmatched: Component index of the events without a generator W.
     """
 
-    def __init__(self, config: TemplateConfig | None = None) -> None:
-        self.config = config or TemplateConfig()
+    found: np.ndarray
+    base: np.ndarray
+    weights: np.ndarray
+    unmatched: int
 
-    def process(self, events: Any) -> Any:
-        from .processor import Accumulator
+    @classmethod
+    def from_gen(cls, gen: GenW, coefficients: AngularCoefficients, config: TemplateConfig) -> ComponentSplit:
+        """The split of events with these generator Ws, with A0 and A4 from ``coefficients``."""
+        a0, a4 = coefficients.lookup(gen.charge, gen.absy, gen.pt)
+        wpol = polarization_weights(gen.cos_theta, a0, a4)
+        iy = np.clip(
+            np.searchsorted(np.asarray(config.absy_edges), gen.absy, side="right") - 1, 0, config.n_absy - 1
+        )
+        base = (np.where(gen.charge > 0, 0, 1) * config.n_absy + iy) * len(HELICITIES)
+        return cls(found=gen.found, base=base, weights=wpol, unmatched=config.unmatched_component)
 
-        dataset = events.metadata.get("dataset", "unknown")
-        h = _moments_hist(self.config)
-        if "genWeight" not in events.fields or "GenPart" not in events.fields:
-            raise ValueError(
-                f"file {events.metadata.get('filename')!r} (dataset {dataset!r}) has no genWeight/GenPart: "
-                "angular coefficients are measured on W Monte Carlo only; remove data files from this fileset"
-            )
-        if len(events):
-            gen = gen_w_from_events(events)
-            w = np.sign(np.asarray(events.genWeight, dtype=np.float64))[gen.found]
-            c = gen.cos_theta[gen.found]
-            for m, wm in enumerate((w, w * c, w * c * c)):
-                h.fill(
-                    charge=gen.charge[gen.found],
-                    absy=gen.absy[gen.found],
-                    ptW=gen.pt[gen.found],
-                    moment=np.full(len(c), m),
-                    weight=wm,
-                )
-        return Accumulator({dataset: Accumulator({"moments": h})})
 
-    def postprocess(self, accumulator: Any) -> Any:
-        return accumulator
+def expand_components(
+    split: ComponentSplit | None, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fill entries of the selected events (``mask``): one per event and component it enters.
+
+    Args:
+        split: The signal split of the chunk, or None (one entry per event, component 0, weight 1).
+        mask: Per-event selection.
+
+    Returns:
+        ``(position, component, weight factor)`` per entry; ``position`` indexes the selected events.
+
+    Example:
+        >>> rep, comp, fac = expand_components(None, np.array([True, False, True]))
+        >>> rep.tolist(), comp.tolist(), fac.tolist()
+        ([0, 1], [0, 0], [1.0, 1.0])
+    """
+    nsel = int(mask.sum())
+    if split is None:
+        return np.arange(nsel), np.zeros(nsel, dtype=np.int64), np.ones(nsel)
+    found = split.found[mask]
+    base = split.base[mask]
+    wpol = split.weights[:, mask]
+    pos = np.arange(nsel)
+    m = pos[found]
+    u = pos[~found]
+    rep = np.concatenate([m, m, m, u])
+    comp = np.concatenate([base[found], base[found] + 1, base[found] + 2, np.full(len(u), split.unmatched)])
+    fac = np.concatenate([wpol[0, found], wpol[1, found], wpol[2, found], np.ones(len(u))])
+    return rep, comp, fac

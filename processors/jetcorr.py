@@ -20,7 +20,7 @@ rho                ``fixedGridRhoFastjetAll`` (per event; ``Rho_fixedGridRhoFast
 num_pv             ``PV_npvs`` (per event)
 exp_pileup         ``Pileup_nTrueInt`` (per event, MC only)
 ch_* / ne_*        PFNano ``PFCands`` reached through ``JetPFCands`` (``jetIdx``, ``pFCandsIdx``);
-                   charged = ``PFCands_charge != 0``, neutral = ``== 0``
+                   charged and neutral split by ``PFCands_pdgId`` (see below)
 <t>_pt/eta/phi     ``PFCands_pt/eta/phi``
 ch_id, ne_id       ``PFCands_pdgId``
 ch_pv_ass          ``PFCands_pvAssocQuality`` (MiniAOD's enum 0, 1, 4, 5, 6, 7, as ml-jec's)
@@ -53,17 +53,38 @@ stored MET was type-1 corrected with. The lepton, and the jet that may contain i
 (CMS's type-1 also subtracts muons from jets and skips jets with a large electromagnetic fraction).
 
 Systematic ``jetCalib{Up,Down}``: the predicted correction times ``1 +- variation`` for every jet, carried
-to the MET (jets may cross the threshold) and to mT in the same pass. The model runs only on the jets of the
-events that some selection needs (lazily, :class:`JetMET`), since jets change only the MET, hence only mT.
+to the MET (jets may cross the threshold) and to mT in the same pass.
+
+Systematic ``jetReso{Up,Down}``, for a model with a resolution head (:attr:`wfit.calib.FeatureSpec.quantiles`,
+e.g. trained with ``model: {resolution: {quantiles: [0.16, 0.84]}}``): every jet moved to the upper (lower)
+bound of its own predicted interval of pT_gen, ``raw pT * exp(q_84)`` (``exp(q_16)``), the model's predicted
+quantiles of ``log(pt_gen / pt)`` (:func:`wfit.calib.onnx_spec.interval_levels`), carried to the MET and mT
+like ``jetCalib``: a per-jet resolution, as CMS regressions store beside the correction, as a nuisance. Files
+corrected by a fallback model without a head get the nominal there (no variation), so that every file of a
+dataset fills the same histograms.
+
+What is read and run. Jets change only the MET, hence only mT, so the model runs only on the jets of the
+events that some selection needs (those passing the lepton preselection, or one of its momentum-varied
+re-selections; lazily, :class:`JetMET`), and of those only on jets with raw pT of at least ``min_raw_pt``
+(``met_jet_pt_min / 2`` by default: a softer jet would need a correction above 2 to pass the type-1 threshold;
+it is left out of the MET like any jet below it, in every pass alike). The constituent branches are read
+through NanoEvents' lazy (virtual) arrays only when some jet is evaluated, and only the links of the wanted
+events are followed. The charged/neutral split of the PF candidates comes from ``PFCands_pdgId`` when the model
+reads it anyway (``ch_id``/``ne_id``): charged are ``|pdgId|`` 11, 13 and 211, neutral 1, 2, 22 and 130 (the PF
+candidate types of MiniAOD); a chunk with any other pdgId reads ``PFCands_charge`` instead, so the split is
+always the charge's.
+
+With ``cache_dir`` (:mod:`wfit.processors.jetcache`) the model's outputs are kept per input file and model:
+the first pass over a chunk writes them, later passes read one jagged branch and neither the constituents nor
+the model are touched. Results are the same bits with or without the cache.
 
 Example:
-    >>> calib = JetCalibration("model.onnx", fallback_model="jet_level.onnx")  # doctest: +SKIP
-    >>> proc = WTemplateProcessor(jet_calibration=calib)                       # doctest: +SKIP
+    >>> calib = JetCalibration("model.onnx", fallback_model="jet_level.onnx", cache_dir="jetcache")  # doctest: +SKIP
+    >>> proc = WTemplateProcessor(jet_calibration=calib)                                           # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -71,10 +92,22 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from wfit.calib.export import METADATA_KEY, OnnxCalibrator
+from wfit.calib.export import OnnxCalibrator
 from wfit.calib.features import FeatureSpec, derived_feature
+from wfit.calib.onnx_spec import OUTPUT_NAME, QUANTILES_NAME, interval_levels
 
-__all__ = ["FEATURE_SOURCES", "JetCalibration", "JetMET", "type1_met"]
+from .jetcache import KINEMATICS, FileIdentity, JetCache, file_identity, output_columns
+
+__all__ = [
+    "CHARGED_PDGIDS",
+    "FEATURE_SOURCES",
+    "MET_BRANCHES",
+    "NEUTRAL_PDGIDS",
+    "JetCalibration",
+    "JetMET",
+    "jet_models_used",
+    "type1_met",
+]
 
 #: Calibration feature -> NanoAOD source (documentation and the pre-flight check's branch list).
 FEATURE_SOURCES: dict[str, str] = {
@@ -116,6 +149,13 @@ _JET = {
     "num_pv": ("PV", "npvs"),
     "exp_pileup": ("Pileup", "nTrueInt"),
 }
+#: PF candidate types by |pdgId| (MiniAOD's packed candidates): charged ones and neutral ones.
+CHARGED_PDGIDS: frozenset[int] = frozenset({11, 13, 211})
+NEUTRAL_PDGIDS: frozenset[int] = frozenset({1, 2, 22, 130})
+# |pdgId| -> 1 (charged PF candidate), 2 (neutral) or 0 (any other id, the last entry included).
+_PDGID_KIND = np.zeros(max(CHARGED_PDGIDS | NEUTRAL_PDGIDS) + 2, dtype=np.int8)
+_PDGID_KIND[sorted(CHARGED_PDGIDS)] = 1
+_PDGID_KIND[sorted(NEUTRAL_PDGIDS)] = 2
 # Constituent types: (collection holding the fields, link collection or None, charge selection).
 _TYPES = {
     "ch": ("PFCands", "JetPFCands", "charged"),
@@ -138,7 +178,6 @@ _FIELDS = {
     "ne": {"pt": "pt", "eta": "eta", "phi": "phi", "id": "pdgId"},
     "sv": {"pt": "pt", "mass": "mass", "distance": "d3d", "significance": "d3dsig", "num_tracks": "ntracks"},
 }
-_ONNX_FLOAT, _ONNX_INT32 = 1, 6
 
 
 def type1_met(
@@ -180,75 +219,6 @@ def type1_met(
     )
 
 
-def _load_spec(path: str) -> FeatureSpec:
-    """The feature specification of an exported model: metadata, checked against the sidecar if present."""
-    import onnx
-    import yaml
-
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError names neither the file nor the fix
-        raise ValueError(
-            f"{path}: not a readable ONNX model ({type(e).__name__}: {e}); pass the .onnx file written by "
-            "wfit.calib.export_onnx"
-        ) from e
-    meta = {p.key: p.value for p in proto.metadata_props}
-    sidecar = path + ".features.yaml"
-    spec = None
-    if METADATA_KEY in meta:
-        spec = FeatureSpec.from_dict(json.loads(meta[METADATA_KEY]), source=f"{path}: metadata {METADATA_KEY}")
-    if os.path.exists(sidecar):
-        with open(sidecar) as f:
-            side = FeatureSpec.from_dict(yaml.safe_load(f), source=sidecar)
-        if spec is None:
-            spec = side
-        elif side.to_dict() != spec.to_dict():
-            raise ValueError(
-                f"{sidecar} disagrees with the feature specification embedded in {path} ({METADATA_KEY}); "
-                "the sidecar belongs to another export: delete it or export the model again"
-            )
-    if spec is None:
-        raise ValueError(
-            f"{path}: no feature specification (metadata_props {METADATA_KEY!r} and no {sidecar}); "
-            "export the model with wfit.calib.export_onnx"
-        )
-    _check_graph(path, proto, spec)
-    return spec
-
-
-def _check_graph(path: str, proto: Any, spec: FeatureSpec) -> None:
-    """The ONNX graph's inputs must be those that the specification builds (names, dtypes, ranks, widths)."""
-    expected: dict[str, tuple[int, int, int | None]] = {
-        "jet_numerical": (_ONNX_FLOAT, 2, len(spec.jet_numerical))
-    }
-    for name in spec.jet_categorical:
-        expected[name] = (_ONNX_INT32, 1, None)
-    for c in spec.constituents:
-        expected[f"{c.name}_numerical"] = (_ONNX_FLOAT, 3, len(c.numerical))
-        expected[f"{c.name}_mask"] = (_ONNX_FLOAT, 2, None)
-        for name in c.categorical:
-            expected[name] = (_ONNX_INT32, 2, None)
-    initializers = {i.name for i in proto.graph.initializer}
-    graph = {i.name: i for i in proto.graph.input if i.name not in initializers}
-    if set(graph) != set(expected):
-        raise ValueError(
-            f"{path}: the graph's inputs {sorted(graph)} are not those of its feature specification "
-            f"{sorted(expected)}; the model and its features.yaml/metadata come from different exports: "
-            "export the model again with wfit.calib.export_onnx"
-        )
-    for name, (dtype, rank, width) in expected.items():
-        t = graph[name].type.tensor_type
-        dims = list(t.shape.dim)
-        last = dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None
-        if t.elem_type != dtype or len(dims) != rank or (width is not None and last != width):
-            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-            raise ValueError(
-                f"{path}: input {name!r} has shape {shape} and ONNX type {t.elem_type}, but the feature "
-                f"specification builds rank {rank}" + (f" with {width} features" if width is not None else "")
-                + f" of type {dtype}; the specification does not belong to this model: export it again"
-            )
-
-
 def _unmapped(spec: FeatureSpec) -> list[str]:
     names = [*spec.jet_numerical, *spec.jet_categorical]
     for c in spec.constituents:
@@ -263,6 +233,14 @@ def _unmapped(spec: FeatureSpec) -> list[str]:
     return out
 
 
+def _reads_pdgid(spec: FeatureSpec) -> bool:
+    """Whether the model reads ``PFCands_pdgId`` as a feature (then it also splits charged from neutral)."""
+    return any(
+        _FIELDS[c.name][f[len(c.name) + 1 :]] == "pdgId" for c in spec.constituents if c.name in ("ch", "ne")
+        for f in c.branches
+    )
+
+
 def _branches(spec: FeatureSpec) -> list[str]:
     """NanoAOD branches that building this specification's inputs reads."""
     out = ["nJet", "Jet_pt", "Jet_rawFactor", "Jet_phi"]
@@ -272,6 +250,7 @@ def _branches(spec: FeatureSpec) -> list[str]:
         elif name in _JET:
             coll, field = _JET[name]
             out.append(field if coll is None else f"{coll}_{field}")
+    pdgid = _reads_pdgid(spec)
     for c in spec.constituents:
         coll, link, charge = _TYPES[c.name]
         if link is None:
@@ -279,20 +258,25 @@ def _branches(spec: FeatureSpec) -> list[str]:
         else:
             out += [f"n{link}", f"{link}_jetIdx", f"{link}_pFCandsIdx", f"n{coll}"]
         if charge:
-            out.append(f"{coll}_charge")
+            out.append(f"{coll}_pdgId" if pdgid else f"{coll}_charge")
         for feature in c.branches:
             src = _FIELDS[c.name][feature[len(c.name) + 1 :]]
             out += [f"{coll}_{s}" for s in (src if isinstance(src, tuple) else (src,))]
     return list(dict.fromkeys(out))
 
 
+#: The jet branches that the type-1 MET needs: read from the input by a pass that computes the correction, from
+#: the cache (``nJet`` aside, which checks it) by one that does not.
+MET_BRANCHES: tuple[str, ...] = ("nJet", "Jet_pt", "Jet_rawFactor", "Jet_phi")
+
+
 class JetCalibration:
     """A DNN jet calibration for :class:`~wfit.processors.WTemplateProcessor`; checked when constructed.
 
-    Construction loads the ONNX graphs' metadata (not an onnxruntime session) and checks: the file exists;
-    its feature specification (metadata, and the sidecar when present) matches the graph's inputs; every
-    feature has a NanoAOD source; the fallback is a jet-level model. onnxruntime sessions are created lazily
-    on the worker and are not pickled (:class:`wfit.calib.OnnxCalibrator`).
+    Construction reads the ONNX files (not an onnxruntime session) and checks: the file exists; its feature
+    specification (metadata, and the sidecar when present) matches the graph (:func:`wfit.calib.read_feature_spec`);
+    every feature has a NanoAOD source; the fallback is a jet-level model; the cache directory can be written.
+    onnxruntime sessions are created lazily on the worker and are not pickled (:class:`wfit.calib.OnnxCalibrator`).
 
     Args:
         model: ONNX file from :func:`wfit.calib.export_onnx`.
@@ -302,11 +286,23 @@ class JetCalibration:
         met_jet_pt_min: Corrected-pT threshold of the jets propagated to the MET, GeV.
         batch_size: Jets per feature-building and inference batch.
         threads: onnxruntime intra-op threads (1: one core per worker).
+        cache_dir: Directory of the per-file correction cache (:mod:`wfit.processors.jetcache`; a shared file
+            system on a batch cluster), or None to compute the correction in every pass.
+        min_raw_pt: Jets with a lower raw pT are not corrected and stay out of the type-1 MET, GeV; None for
+            ``met_jet_pt_min / 2`` (such a jet would need a correction above 2 to pass the threshold), 0 to
+            correct every jet.
+
+    Attributes:
+        cache: The :class:`~wfit.processors.jetcache.JetCache`, or None.
 
     Raises:
         FileNotFoundError: A model file does not exist.
-        ValueError: A specification/graph mismatch, a feature without a NanoAOD source, a fallback that needs
-            constituents, or a bad option; the message names the file, the input or feature, and the fix.
+        wfit.calib.onnx_spec.ModelSpecError: A specification missing or disagreeing with the graph (a
+            ``ValueError``).
+        ValueError: A feature without a NanoAOD source, a fallback that needs constituents, or a bad option; the
+            message names the file, the input or feature, and the fix.
+        wfit.processors.jetcache.JetCacheError: ``cache_dir`` cannot be created or written (an ``OSError``
+            naming the directory).
     """
 
     def __init__(
@@ -318,19 +314,24 @@ class JetCalibration:
         met_jet_pt_min: float = 15.0,
         batch_size: int = 100_000,
         threads: int = 1,
+        cache_dir: str | os.PathLike[str] | None = None,
+        min_raw_pt: float | None = None,
     ) -> None:
         if not 0.0 <= variation < 1.0:
             raise ValueError(f"JetCalibration.variation must be in [0, 1), got {variation}")
         if batch_size < 1:
             raise ValueError(f"JetCalibration.batch_size must be positive, got {batch_size}")
+        if min_raw_pt is not None and not min_raw_pt >= 0.0:
+            raise ValueError(f"JetCalibration.min_raw_pt must be >= 0 GeV (or None), got {min_raw_pt}")
         self.variation = float(variation)
         self.met_jet_pt_min = float(met_jet_pt_min)
+        self.min_raw_pt = self.met_jet_pt_min / 2.0 if min_raw_pt is None else float(min_raw_pt)
         self.model = self._calibrator(model, batch_size, threads)
-        self.specs = {"model": _load_spec(self.model.path)}
+        self.specs = {"model": self.model.spec}
         self.fallback = None
         if fallback_model is not None:
             self.fallback = self._calibrator(fallback_model, batch_size, threads)
-            self.specs["fallback"] = _load_spec(self.fallback.path)
+            self.specs["fallback"] = self.fallback.spec
             if self.specs["fallback"].constituents:
                 raise ValueError(
                     f"{self.fallback.path}: the fallback model needs constituents "
@@ -345,6 +346,12 @@ class JetCalibration:
                     f"{path}: feature(s) {bad} have no NanoAOD source (see wfit.processors.jetcorr."
                     "FEATURE_SOURCES); train the model without them, e.g. with wfit.calib's configs/pfnano.yaml"
                 )
+        self._checked: dict[tuple[str, str, int, int], str] = {}  # check_file's answers per file state
+        self.cache = None if cache_dir is None else JetCache(cache_dir)
+        if self.cache is not None:  # the key of every entry: read on the driver, checked on the workers
+            for calibrator in (self.model, self.fallback):
+                if calibrator is not None:
+                    _ = calibrator.sha256
 
     @staticmethod
     def _calibrator(path: str | os.PathLike[str], batch_size: int, threads: int) -> OnnxCalibrator:
@@ -356,6 +363,12 @@ class JetCalibration:
         return OnnxCalibrator(path, threads=threads, chunk_size=batch_size)
 
     @property
+    def has_resolution(self) -> bool:
+        """Whether the main model has a resolution head: the processor then fills ``jetReso{Up,Down}`` (for files
+        that the fallback corrects, and a fallback without a head, those are the nominal)."""
+        return interval_levels(self.specs["model"].quantiles) is not None
+
+    @property
     def needs_constituents(self) -> bool:
         """Whether the main model reads constituents."""
         return bool(self.specs["model"].constituents)
@@ -363,6 +376,23 @@ class JetCalibration:
     def branches(self, role: str = "model") -> list[str]:
         """NanoAOD branches that the ``"model"`` or the ``"fallback"`` reads."""
         return _branches(self.specs[role])
+
+    def preload_branches(self) -> list[str]:
+        """The branches worth reading in the processor's one bulk read per chunk.
+
+        Without a cache, everything either model reads. With one, only ``nJet``: a chunk that the cache holds
+        reads nothing else of the jets (the cache has the kinematics that the type-1 MET needs), and one that it
+        does not reads :data:`MET_BRANCHES` and the model's inputs lazily.
+        """
+        if self.cache is not None:
+            return ["nJet"]
+        out = self.branches("model") + (self.branches("fallback") if self.fallback is not None else [])
+        return list(dict.fromkeys(out))
+
+    def check_cache(self) -> None:
+        """Check that the cache directory (if any) can be written (:meth:`JetCache.check`)."""
+        if self.cache is not None:
+            self.cache.check()
 
     def choose(self, fields: Iterable[str]) -> str:
         """``"model"`` or ``"fallback"`` for a file with these branches; raises if neither can run there.
@@ -384,20 +414,39 @@ class JetCalibration:
         raise ValueError(f"branches {missing} needed by the jet calibration {self.model.path} are missing: {hint}")
 
     def check_file(self, path: str, treename: str = "Events") -> str:
-        """Pre-flight check of one input file (branch names only); returns the role that will run on it."""
+        """Pre-flight check of one input file (branch names only); returns the role that will run on it.
+
+        The answer is remembered per local file, its size and modification time: a later run over the same files
+        does not open them again here.
+        """
         import uproot
 
+        from wfit.atomic import is_remote
+
+        key = None
+        if not is_remote(path):
+            st = os.stat(path.removeprefix("file://"))
+            key = (os.path.abspath(path.removeprefix("file://")), treename, st.st_size, st.st_mtime_ns)
+            if key in self._checked:
+                return self._checked[key]
         with uproot.open(path) as f:
             keys = f[treename].keys()
         if "Rho_fixedGridRhoFastjetAll" in keys:  # NanoAOD v12+ name
             keys.append("fixedGridRhoFastjetAll")
         try:
-            return self.choose(keys)
+            role = self.choose(keys)
         except ValueError as err:
             raise ValueError(f"file {path!r}: {err}") from None
+        if key is not None:
+            self._checked[key] = role
+        return role
 
     def evaluate(self, events: Any, met_pt: np.ndarray, met_phi: np.ndarray) -> JetMET:
-        """The lazy corrected jets and MET of one chunk of NanoEvents (see :class:`JetMET`)."""
+        """The lazy corrected jets and MET of one chunk of NanoEvents (see :class:`JetMET`).
+
+        The cache is used when the events carry coffea's chunk metadata (``filename``, ``entrystart``,
+        ``entrystop``, as :func:`~wfit.processors.run_templates` gives them); other events are computed in place.
+        """
         fname = events.metadata.get("filename", "?")
         try:
             role = self.choose(_event_branches(events))
@@ -405,7 +454,57 @@ class JetCalibration:
             raise ValueError(f"file {fname!r}: {err}") from None
         calibrator = self.model if role == "model" else self.fallback
         assert calibrator is not None
-        return JetMET(self, calibrator, self.specs[role], events, met_pt, met_phi)
+        return JetMET(self, calibrator, self.specs[role], events, met_pt, met_phi, self._chunk(events, calibrator))
+
+    def _chunk(self, events: Any, calibrator: OnnxCalibrator) -> _Chunk | None:
+        md = events.metadata
+        fname, start, stop = md.get("filename"), md.get("entrystart"), md.get("entrystop")
+        if self.cache is None or fname is None or start is None or stop is None:
+            return None
+        rows = _entry_rows(events, int(stop) - int(start))
+        if rows is None:
+            return None
+        return _Chunk(self.cache, _identity(str(fname), md.get("fileuuid") or None), calibrator.sha256,
+                      int(start), int(stop), rows, str(fname))  # fmt: skip
+
+
+class _Chunk:
+    """Where a chunk's cache entry lives: the cache, the file, the model, the range, the events' entries."""
+
+    def __init__(
+        self, cache: JetCache, file: FileIdentity, sha256: str, start: int, stop: int, rows: np.ndarray, path: str
+    ) -> None:
+        self.cache, self.file, self.sha256 = cache, file, sha256
+        self.start, self.stop, self.rows, self.path = start, stop, rows, path
+
+
+_IDENTITIES: dict[tuple[str, str | None], FileIdentity] = {}
+
+
+def _identity(path: str, file_uuid: str | None) -> FileIdentity:
+    """:func:`file_identity`, remembered per process for URLs (opening a remote file per chunk costs)."""
+    from wfit.atomic import is_remote
+
+    if not is_remote(path) or file_uuid is None:
+        return file_identity(path, file_uuid)
+    key = (path, file_uuid)
+    if key not in _IDENTITIES:
+        _IDENTITIES[key] = file_identity(path, file_uuid)
+    return _IDENTITIES[key]
+
+
+def _entry_rows(events: Any, n_entries: int) -> np.ndarray | None:
+    """The entry (within the chunk) of each event: all of them, or those a boolean selection kept (NanoEvents
+    then index the chunk's record); None when that cannot be told."""
+    layout = events.layout
+    if isinstance(layout, ak.contents.IndexedArray) and len(layout.content) == n_entries:
+        rows = np.asarray(layout.index, dtype=np.int64)
+        if len(rows) and (np.any(rows[1:] <= rows[:-1]) or rows[0] < 0):
+            return None  # reordered or repeated events: no entry range describes them
+        return rows
+    if len(layout) == n_entries and not isinstance(layout, ak.contents.IndexedArray):
+        return np.arange(n_entries, dtype=np.int64)
+    return None
 
 
 def _event_branches(events: Any) -> list[str]:
@@ -429,16 +528,22 @@ def _flat(x: Any, dtype: Any = None) -> np.ndarray:
 class JetMET:
     """Corrected jets and MET of one chunk, computed lazily for the events that are asked for.
 
-    The model runs once per jet, on the jets of the events in the masks passed to :meth:`met`, the first
-    time each event is needed. Jets are flat over the chunk, in event order.
+    The model runs once per jet, on the jets of the events in the masks passed to :meth:`met` (with raw pT of
+    at least ``min_raw_pt``), the first time each event is needed; with a cache, what an earlier pass stored is
+    read instead (the jets' kinematics included: the input's jet branches other than ``nJet`` are then not
+    read), and what is computed here is stored. Jets are flat over the chunk, in event order.
 
     Attributes:
         counts: Jets per event.
         nano_pt: ``Jet_pt`` (standard JEC), GeV.
         raw_pt: ``Jet_pt * (1 - Jet_rawFactor)``, GeV.
         phi: ``Jet_phi``.
-        correction: Predicted multiplicative correction of the raw pT; NaN for jets not evaluated yet.
+        correction: Predicted multiplicative correction of the raw pT; NaN for jets not evaluated (yet, or at
+            all: below ``min_raw_pt``).
+        outputs: The model's outputs per jet (``log_correction``; ``log_quantiles`` with one column per level for a
+            model with a resolution head); NaN where not evaluated.
         model: Path of the model that ran (main or fallback).
+        cached_jets, computed_jets: Jets whose outputs were read from the cache, and computed here.
     """
 
     def __init__(
@@ -449,28 +554,88 @@ class JetMET:
         events: Any,
         met_pt: np.ndarray,
         met_phi: np.ndarray,
+        chunk: _Chunk | None = None,
     ) -> None:
         self._calibration = calibration
         self._calibrator = calibrator
         self._spec = spec
         self._events = events
+        self._chunk = chunk
+        self._loaded = chunk is None
         self.model = calibrator.path
-        jets = events.Jet
-        self.counts = ak.to_numpy(ak.num(jets, axis=1)).astype(np.int64)
+        self.counts = ak.to_numpy(ak.num(events.Jet, axis=1)).astype(np.int64)  # reads nJet only
         self.offsets = np.zeros(len(self.counts) + 1, dtype=np.int64)
         np.cumsum(self.counts, out=self.offsets[1:])
         self.jet_event = np.repeat(np.arange(len(self.counts)), self.counts)
-        self.nano_pt = _flat(jets.pt, np.float64)
-        self.raw_pt = self.nano_pt * (1.0 - _flat(jets.rawFactor, np.float64))
-        self.phi = _flat(jets.phi, np.float64)
-        self.correction = np.full(len(self.nano_pt), np.nan)
+        self.n_jets = n_jets = int(self.offsets[-1])
+        # The jets' kinematics as the input stores them (float32 in NanoAOD), from the cache or the input.
+        self._kin: dict[str, np.ndarray] | None = None
+        self._kin_known = np.zeros(len(self.counts), dtype=bool)
+        self.correction = np.full(n_jets, np.nan)
+        self.outputs: dict[str, np.ndarray] = {OUTPUT_NAME: np.full(n_jets, np.nan, dtype=np.float32)}
+        if spec.quantiles:
+            self.outputs[QUANTILES_NAME] = np.full((n_jets, len(spec.quantiles)), np.nan, dtype=np.float32)
+        self.cached_jets = 0
+        self.computed_jets = 0
         self._done = np.zeros(len(self.counts), dtype=bool)
         met_pt = np.asarray(met_pt, dtype=np.float64)
         self._met = (met_pt * np.cos(met_phi), met_pt * np.sin(met_phi))
-        self._constituents: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
         self._columns: dict[tuple[str, str], np.ndarray] = {}
-        self._link_rows: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray]] = {}
         self._delta: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._derived: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ kinematics
+    def _kinematics(self, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The jets' ``pt``, ``rawFactor`` and ``phi``, complete at least for the events in ``mask`` (all by
+        default): the cache's where it holds the event, else the input's (read whole, once)."""
+        if not self._loaded:
+            self._load()
+        need = ~self._kin_known if mask is None else np.asarray(mask, dtype=bool) & ~self._kin_known
+        if self._kin is None or need.any():
+            jets = self._events.Jet
+            self._kin = {name: _flat(jets[name]) for name in KINEMATICS}
+            self._kin_known[:] = True
+            self._derived.clear()
+        return self._kin
+
+    def _derive(self) -> dict[str, np.ndarray]:
+        """float64 nano pT, raw pT, phi and its cosine and sine (for the jets the kinematics hold)."""
+        if not self._derived:
+            kin = self._kinematics(self._kin_known if self._kin is not None else None)
+            nano = np.asarray(kin["pt"], dtype=np.float64)
+            phi = np.asarray(kin["phi"], dtype=np.float64)
+            self._derived = {
+                "nano_pt": nano,
+                "raw_pt": nano * (1.0 - np.asarray(kin["rawFactor"], dtype=np.float64)),
+                "phi": phi,
+                "cos": np.cos(phi),
+                "sin": np.sin(phi),
+            }
+        return self._derived
+
+    def _kinematics_for(self, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`_derive`'s arrays, complete for the events in ``mask``."""
+        if self._kin is None or (np.asarray(mask, dtype=bool) & ~self._kin_known).any():
+            self._kinematics(mask)
+        return self._derive()
+
+    @property
+    def nano_pt(self) -> np.ndarray:
+        """``Jet_pt`` (standard JEC) of every jet of the chunk, GeV."""
+        self._kinematics()
+        return self._derive()["nano_pt"]
+
+    @property
+    def raw_pt(self) -> np.ndarray:
+        """``Jet_pt * (1 - Jet_rawFactor)`` of every jet of the chunk, GeV."""
+        self._kinematics()
+        return self._derive()["raw_pt"]
+
+    @property
+    def phi(self) -> np.ndarray:
+        """``Jet_phi`` of every jet of the chunk."""
+        self._kinematics()
+        return self._derive()["phi"]
 
     # ------------------------------------------------------------------ inputs
     def _column(self, coll: str, field: str) -> np.ndarray:
@@ -480,20 +645,21 @@ class JetMET:
             self._columns[key] = _flat(self._events[coll][field])
         return self._columns[key]
 
-    def _links(self, coll: str, link: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """(global jet index, flat row in ``coll``) of each constituent link; links to no jet are dropped."""
-        key = (coll, link)
-        if key in self._link_rows:
-            return self._link_rows[key]
+    def _links(
+        self, coll: str, link: str | None, events: np.ndarray, jets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(global jet index, flat row in ``coll``) of the constituent links of the wanted ``events`` that point
+        to the wanted ``jets`` (boolean masks); links to no jet are dropped."""
         ev = self._events
         lk = ev[link if link is not None else coll]
-        n_per_event = ak.to_numpy(ak.num(lk, axis=1))
-        which = np.repeat(np.arange(len(n_per_event)), n_per_event)
-        jet_local = _flat(lk.jetIdx, np.int64)
+        n_per_event = ak.to_numpy(ak.num(lk, axis=1)).astype(np.int64)
+        keep = np.repeat(events, n_per_event)
+        which = np.repeat(np.arange(len(n_per_event)), n_per_event)[keep]
+        jet_local = _flat(lk.jetIdx, np.int64)[keep]
         if link is None:
-            rows = np.arange(len(jet_local))
+            rows = np.flatnonzero(keep)
         else:
-            cand_local = _flat(lk.pFCandsIdx, np.int64)
+            cand_local = _flat(lk.pFCandsIdx, np.int64)[keep]
             n_cand = ak.to_numpy(ak.num(ev[coll], axis=1)).astype(np.int64)
             cand_offsets = np.concatenate([[0], np.cumsum(n_cand)])
             if np.any((cand_local < 0) | (cand_local >= n_cand[which])):
@@ -503,53 +669,55 @@ class JetMET:
                 )
             rows = cand_offsets[which] + cand_local
         ok = (jet_local >= 0) & (jet_local < self.counts[which])  # links to jets outside Jet are dropped
-        self._link_rows[key] = ((self.offsets[which] + jet_local)[ok], rows[ok])
-        return self._link_rows[key]
+        gjet = self.offsets[which[ok]] + jet_local[ok]
+        rows = rows[ok]
+        wanted = jets[gjet]
+        return gjet[wanted], rows[wanted]
 
-    def _constituent_table(self, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _charged(self, coll: str, rows: np.ndarray) -> np.ndarray:
+        """Per PF candidate row: charged (else neutral), from pdgId where the model reads it and every id is a
+        known PF candidate type, else from the charge."""
+        if _reads_pdgid(self._spec):
+            pid = np.abs(self._column(coll, "pdgId")[rows].astype(np.int64))
+            kind = _PDGID_KIND[np.minimum(pid, len(_PDGID_KIND) - 1)]  # 1 charged, 2 neutral, 0 another type
+            if np.all(kind > 0):
+                return kind == 1
+        return self._column(coll, "charge")[rows] != 0
+
+    def _constituent_table(
+        self, name: str, links: tuple[np.ndarray, np.ndarray], charged: np.ndarray | None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(global jet index, {field: values}) of one constituent type, sorted by jet, then decreasing pT."""
-        if name in self._constituents:
-            return self._constituents[name]
-        coll, link, charge = _TYPES[name]
-        gjet, rows = self._links(coll, link)
-        cache: dict[str, np.ndarray] = {}
-
-        def column(field: str) -> np.ndarray:
-            if field not in cache:
-                cache[field] = self._column(coll, field)[rows]
-            return cache[field]
-
+        coll, _, charge = _TYPES[name]
+        gjet, rows = links
         if charge is not None:
-            q = column("charge")
-            keep = q != 0 if charge == "charged" else q == 0
+            assert charged is not None
+            keep = charged if charge == "charged" else ~charged
             gjet, rows = gjet[keep], rows[keep]
-            cache.clear()
         if np.any(gjet[1:] < gjet[:-1]):  # group by jet (NanoAOD writes them grouped already)
             order = np.argsort(gjet, kind="stable")
             gjet, rows = gjet[order], rows[order]
-            cache.clear()
         # The model sums over constituents, so their order matters only for which ones the max_count cap keeps:
         # sort by decreasing pT (ties: the file's order) only the jets above the cap (a full sort of ~10M
         # candidates per chunk would cost more than the inference).
         cap = self._spec_type(name).max_count
-        counts = np.bincount(gjet, minlength=len(self.nano_pt))
+        counts = np.bincount(gjet, minlength=self.n_jets)
         over = np.flatnonzero(counts[gjet] > cap)
         if len(over):
-            order = np.lexsort((-column("pt")[over].astype(np.float64), gjet[over]))
-            rows = rows.copy()  # (the link table is shared by the types)
+            pt = self._column(coll, "pt")[rows[over]].astype(np.float64)
+            order = np.lexsort((-pt, gjet[over]))
+            rows = rows.copy()
             rows[over] = rows[over][order]  # the jets' blocks stay in place: gjet[over] is sorted already
-            cache.clear()
         values: dict[str, np.ndarray] = {}
         for feature in self._spec_type(name).branches:
             src_field = _FIELDS[name][feature[len(name) + 1 :]]
             if isinstance(src_field, tuple):
-                num, den = (column(f).astype(np.float64) for f in src_field)
+                num, den = (self._column(coll, f)[rows].astype(np.float64) for f in src_field)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     values[feature] = np.where(den > 0, num / den, 0.0)
             else:
-                values[feature] = column(src_field)
-        self._constituents[name] = (gjet, values)
-        return self._constituents[name]
+                values[feature] = self._column(coll, src_field)[rows]
+        return gjet, values
 
     def _spec_type(self, name: str) -> Any:
         return next(c for c in self._spec.constituents if c.name == name)
@@ -562,7 +730,11 @@ class JetMET:
         return ak.to_numpy(x)
 
     def inputs(self, jets: np.ndarray) -> dict[str, Any]:
-        """Feature arrays (``build_inputs``'s input) of the jets with these flat indices (sorted)."""
+        """Feature arrays (``build_inputs``'s input) of the jets with these flat indices (sorted).
+
+        Only the constituent links of these jets' events are followed (the branches themselves are read whole:
+        uproot reads baskets).
+        """
         ev = self._events
         arrays: dict[str, Any] = {}
         spec = self._spec
@@ -570,43 +742,155 @@ class JetMET:
             if name in arrays:
                 continue
             if name == "pt":
-                arrays[name] = self.raw_pt[jets]
+                arrays[name] = self._derive()["raw_pt"][jets]
             elif name == "mass":
                 arrays[name] = (_flat(ev.Jet.mass, np.float64) * (1.0 - _flat(ev.Jet.rawFactor, np.float64)))[jets]
             elif _JET[name][0] == "Jet":
                 arrays[name] = _flat(ev.Jet[_JET[name][1]])[jets]
             else:
                 arrays[name] = self._event_column(name)[self.jet_event[jets]]
+        if not spec.constituents:
+            return arrays
+        wanted = np.zeros(self.n_jets, dtype=bool)
+        wanted[jets] = True
+        events = np.zeros(len(self.counts), dtype=bool)
+        events[self.jet_event[jets]] = True
+        links: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray]] = {}
+        charged: dict[str, np.ndarray] = {}
         for c in spec.constituents:
-            gjet, values = self._constituent_table(c.name)
-            wanted = np.zeros(len(self.nano_pt), dtype=bool)
-            wanted[jets] = True
-            keep = wanted[gjet]
-            counts = np.bincount(gjet[keep], minlength=len(self.nano_pt))[jets]
+            coll, link, charge = _TYPES[c.name]
+            if (coll, link) not in links:
+                links[(coll, link)] = self._links(coll, link, events, wanted)
+            if charge is not None and coll not in charged:
+                charged[coll] = self._charged(coll, links[(coll, link)][1])
+            gjet, values = self._constituent_table(c.name, links[(coll, link)], charged.get(coll))
+            counts = np.bincount(gjet, minlength=self.n_jets)[jets]
             for feature, v in values.items():
-                arrays[feature] = ak.unflatten(v[keep], counts)
+                arrays[feature] = ak.unflatten(v, counts)
         return arrays
 
     # ------------------------------------------------------------------ evaluation
-    def ensure(self, mask: np.ndarray) -> None:
-        """Run the model on the jets of the events in ``mask`` that were not evaluated yet."""
+    def _load(self) -> None:
+        """Take what the cache holds for this chunk: the kinematics of the events it knows, and the outputs of
+        their jets (those below ``min_raw_pt`` are never used, as in a pass without the cache)."""
+        self._loaded = True
+        chunk = self._chunk
+        assert chunk is not None
+        quantiles = self._spec.quantiles
+        cached = chunk.cache.read(chunk.file, chunk.sha256, chunk.start, chunk.stop, chunk.rows, self.counts, quantiles)
+        if not cached.known.any():
+            return
+        self._kin = {name: cached.values[name] for name in KINEMATICS}
+        self._kin_known = cached.known.copy()
+        self._derived.clear()
+        columns = output_columns(quantiles)
+        log_corr = cached.values[columns[0]]
+        raw = self._derive()["raw_pt"]
+        with np.errstate(invalid="ignore"):
+            ok = (raw >= self._calibration.min_raw_pt) & ~np.isnan(log_corr)
+        if not ok.any():
+            return
+        self.outputs[OUTPUT_NAME][ok] = log_corr[ok]
+        for i, name in enumerate(columns[1:]):
+            self.outputs[QUANTILES_NAME][ok, i] = cached.values[name][ok]
+        self.correction[ok] = np.exp(log_corr[ok].astype(np.float64))
+        self.cached_jets = int(ok.sum())
+
+    def _store(self) -> None:
+        """Write this chunk's entry: every event whose jets are known, with every output known."""
+        chunk = self._chunk
+        assert chunk is not None
+        known = self._kin_known
+        if self._kin is None or not known.any():
+            return
+        on = np.repeat(known, self.counts)
+        quantiles = self._spec.quantiles
+        columns = output_columns(quantiles)
+        values = {name: self._kin[name][on] for name in KINEMATICS}
+        values[columns[0]] = self.outputs[OUTPUT_NAME][on]
+        for i, name in enumerate(columns[1:]):
+            values[name] = self.outputs[QUANTILES_NAME][on, i]
+        chunk.cache.write(
+            chunk.file,
+            chunk.sha256,
+            chunk.start,
+            chunk.stop,
+            chunk.rows[known],
+            self.counts[known],
+            values,
+            file_path=chunk.path,
+            model_path=self.model,
+            quantiles=quantiles,
+        )
+
+    def ensure(self, mask: np.ndarray) -> bool:
+        """Evaluate the jets of the events in ``mask`` that were not evaluated yet (read from the cache where it
+        holds them, computed and stored otherwise); whether the model ran."""
         todo = np.asarray(mask, dtype=bool) & ~self._done
         if not todo.any():
-            return
-        jets = np.flatnonzero(np.repeat(todo, self.counts))
-        if len(jets):
-            self.correction[jets] = np.exp(self._calibrator.predict(self.inputs(jets)).astype(np.float64))
+            return False
+        raw = self._kinematics_for(todo)["raw_pt"]
+        jets = np.flatnonzero(
+            np.repeat(todo, self.counts) & (raw >= self._calibration.min_raw_pt) & np.isnan(self.outputs[OUTPUT_NAME])
+        )
+        ran = bool(len(jets))
+        if ran:
+            out = self._calibrator.predict_outputs(self.inputs(jets))
+            for name, values in out.items():
+                self.outputs[name][jets] = values
+            self.correction[jets] = np.exp(out[OUTPUT_NAME].astype(np.float64))
+            for key in ("corrected", "factor_resoUp", "factor_resoDown"):
+                self._derived.pop(key, None)
+            self.computed_jets += len(jets)
+            if self._chunk is not None:
+                self._store()
         self._done |= todo
+        return ran
+
+    @property
+    def has_resolution(self) -> bool:
+        """Whether the calibration's model has a resolution head (then ``"resoUp"``/``"resoDown"`` exist; on a
+        file corrected by a fallback without one they are the nominal)."""
+        return self._calibration.has_resolution
+
+    def _check_variation(self, variation: str) -> None:
+        if variation in ("nominal", "up", "down") or (variation in ("resoUp", "resoDown") and self.has_resolution):
+            return
+        known = "'nominal', 'up', 'down'" + (", 'resoUp', 'resoDown'" if self.has_resolution else "")
+        raise ValueError(
+            f"JetMET: unknown variation {variation!r}; use {known}"
+            + ("" if self.has_resolution else " (the resolution variations need a model with a resolution head)")
+        )
+
+    def _factor(self, variation: str) -> float | np.ndarray:
+        """The corrected pT's factor for a variation: ``1 +- variation`` (``"up"``, ``"down"``), or per jet
+        ``exp(q - c)`` with ``q`` the upper or lower bound of the predicted interval (``"resoUp"``, ``"resoDown"``)."""
+        self._check_variation(variation)
+        if variation in ("nominal", "up", "down"):
+            s = {"nominal": 0.0, "up": self._calibration.variation, "down": -self._calibration.variation}[variation]
+            return 1.0 + s
+        if interval_levels(self._spec.quantiles) is None:  # the jet-level fallback without a head
+            return 1.0
+        key = f"factor_{variation}"
+        if key not in self._derived:
+            lo, hi = interval_levels(self._spec.quantiles)  # type: ignore[misc]
+            q = self.outputs[QUANTILES_NAME][:, hi if variation == "resoUp" else lo].astype(np.float64)
+            self._derived[key] = np.exp(q - self.outputs[OUTPUT_NAME].astype(np.float64))
+        return self._derived[key]
 
     def pt(self, variation: str = "nominal", jets: Any = slice(None)) -> np.ndarray:
-        """Corrected jet pT (``"nominal"``, ``"up"`` or ``"down"``), GeV; NaN for jets not evaluated.
+        """Corrected jet pT, GeV; NaN for jets not evaluated.
 
         Args:
-            variation: Which correction.
+            variation: ``"nominal"``, ``"up"`` or ``"down"`` (the correction times ``1 +- variation``), or for a
+                model with a resolution head ``"resoUp"``/``"resoDown"``: each jet at the upper/lower bound of its
+                predicted interval of pT_gen (``raw_pt * exp(q)``, the 84% and 16% quantiles).
             jets: A selection of the flat jets (index, boolean mask or slice); all by default.
         """
-        s = {"nominal": 0.0, "up": self._calibration.variation, "down": -self._calibration.variation}[variation]
-        return self.raw_pt[jets] * self.correction[jets] * (1.0 + s)
+        factor = self._factor(variation)
+        if isinstance(factor, np.ndarray):
+            factor = factor[jets]
+        return self.raw_pt[jets] * self.correction[jets] * factor
 
     def met_xy(self, mask: np.ndarray, variation: str = "nominal") -> tuple[np.ndarray, np.ndarray]:
         """Type-1 corrected MET components of the events in ``mask`` (length ``mask.sum()``), GeV.
@@ -615,30 +899,29 @@ class JetMET:
         other systematic variations mostly ask for the same events again.
         """
         mask = np.asarray(mask, dtype=bool)
+        self._check_variation(variation)  # an unknown variation is an error before any work
         if variation not in self._delta:
             n = len(self.counts)
-            self._delta[variation] = (np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool))
-        dx, dy, done = self._delta[variation]
-        todo = mask & ~done
-        if todo.any():
-            self.ensure(todo)
+            self._delta[variation] = (self._met[0].copy(), self._met[1].copy(), np.zeros(n, dtype=bool))
+        mx, my, done = self._delta[variation]
+        if (mask & ~done).any():
+            self.ensure(mask)
             todo = self._done & ~done  # every evaluated event at once: later masks mostly ask for the same
-            on = np.repeat(todo, self.counts)
-            events = np.flatnonzero(todo)
-            position = np.cumsum(todo) - 1  # index of an event among those computed now
-            zero = np.zeros(len(events))
-            mx, my = type1_met(
-                zero,
-                zero,
-                position[self.jet_event[on]],
-                self.nano_pt[on],
-                self.pt(variation, on),
-                self.phi[on],
-                self._calibration.met_jet_pt_min,
-            )
-            dx[events], dy[events] = mx, my
+            k = self._kinematics_for(todo)
+            if "corrected" not in k or len(k["corrected"]) != self.n_jets:
+                k["corrected"] = k["raw_pt"] * self.correction
+            on = slice(None) if todo.all() else np.repeat(todo, self.counts)
+            factor = self._factor(variation)  # after ensure: the outputs of the new jets are known
+            pt_new = k["corrected"][on] * (factor[on] if isinstance(factor, np.ndarray) else factor)
+            # type1_met's sums (jets below the threshold, or not evaluated, add exact zeros), with the chunk's
+            # cosines and sines computed once for every variation.
+            d = np.where(pt_new > self._calibration.met_jet_pt_min, pt_new - k["nano_pt"][on], 0.0)
+            n = len(self.counts)
+            ev = self.jet_event[on]
+            mx -= np.bincount(ev, weights=d * k["cos"][on], minlength=n)  # zero for the other events
+            my -= np.bincount(ev, weights=d * k["sin"][on], minlength=n)
             done |= todo
-        return self._met[0][mask] + dx[mask], self._met[1][mask] + dy[mask]
+        return mx[mask], my[mask]
 
     def met(self, mask: np.ndarray, variation: str = "nominal") -> tuple[np.ndarray, np.ndarray]:
         """Type-1 corrected MET ``(pt, phi)`` of the events in ``mask`` (length ``mask.sum()``)."""
@@ -647,14 +930,16 @@ class JetMET:
 
 
 def jet_models_used(calibration: JetCalibration | None, fileset: Mapping[str, Any]) -> dict[str, str]:
-    """Pre-flight: check every file of a coffea fileset; ``{file: "model" or "fallback"}``.
+    """Pre-flight: check the cache directory and every file of a coffea fileset; ``{file: "model" or "fallback"}``.
 
     Raises:
         ValueError: A file lacks branches that the calibration needs (naming the file and the fix).
+        wfit.processors.jetcache.JetCacheError: The cache directory cannot be written (naming it).
     """
     out: dict[str, str] = {}
     if calibration is None:
         return out
+    calibration.check_cache()
     for files in fileset.values():
         if isinstance(files, Mapping):
             files = files.get("files", files)

@@ -107,6 +107,15 @@ class Selection:
     mt: np.ndarray
     cutflow: dict[str, np.ndarray]
 
+    def with_met(self, met_x: np.ndarray, met_y: np.ndarray) -> Selection:
+        """The same events with mT recomputed from another MET (its components for the selected events, GeV)."""
+        return replace(self, mt=transverse_mass(self.pt, self.phi, np.hypot(met_x, met_y), np.arctan2(met_y, met_x)))
+
+    def in_signal_region(self, config: TemplateConfig) -> np.ndarray:
+        """Per selected event: mT >= ``signal_region[0]`` GeV and isolation < ``signal_region[1]``."""
+        mt_min, iso_max = config.signal_region
+        return (self.mt >= mt_min) & (self.iso < iso_max)
+
 
 def transverse_mass(pt: np.ndarray, phi: np.ndarray, met_pt: np.ndarray, met_phi: np.ndarray) -> np.ndarray:
     """mT = sqrt(2 pT MET (1 - cos(phi - phi_MET))) in GeV, in float64."""

@@ -53,14 +53,16 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from wfit.atomic import atomic_path
+
 from .helicity import helicity_fractions
+from .kinematics import decay_cs, pt_eta_phi, sample_costheta
 
 __all__ = ["ToyConfig", "generate_events", "write_toy"]
 
 _M_W, _G_W = 80.379, 2.085
 _M_Z, _G_Z = 91.1876, 2.4952
 _M_MU = 0.105658
-_E_BEAM = 6500.0
 
 # statusFlags bits: 0 isPrompt, 7 isHardProcess, 8 fromHardProcess, 12 isFirstCopy, 13 isLastCopy.
 _FLAGS_BOSON = (1 << 0) | (1 << 7) | (1 << 8) | (1 << 13)
@@ -133,22 +135,7 @@ class ToyConfig:
         return helicity_fractions(np.asarray(self.a0), np.asarray(self.a4))
 
 
-# ---------------------------------------------------------------------------- kinematics
-def _boost(p: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Boost four-vectors ``[4, n]`` (px, py, pz, E) by velocity ``[3, n]``."""
-    b2 = np.sum(beta * beta, axis=0)
-    gamma = 1.0 / np.sqrt(1.0 - b2)
-    bp = np.sum(beta * p[:3], axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g2 = np.where(b2 > 0, (gamma - 1.0) / b2, 0.0)
-    vec = p[:3] + (g2 * bp + gamma * p[3]) * beta
-    return np.concatenate([vec, (gamma * (p[3] + bp))[None]], axis=0)
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=0)
-
-
+# ---------------------------------------------------------------------------- production
 def _boson(
     rng: np.random.Generator,
     n: int,
@@ -174,45 +161,6 @@ def _boson(
     phi = rng.uniform(-np.pi, np.pi, n)
     mt = np.sqrt(m**2 + pt**2)
     return np.stack([pt * np.cos(phi), pt * np.sin(phi), mt * np.sinh(y), mt * np.cosh(y)])
-
-
-def _decay_cs(q: np.ndarray, cos_theta: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two massless daughters of ``q`` with particle 1 at (cos_theta, phi) in the Collins-Soper frame."""
-    n = q.shape[1]
-    m = np.sqrt(np.maximum(q[3] ** 2 - np.sum(q[:3] ** 2, axis=0), 0.0))
-    beta = q[:3] / q[3]
-    beams = [
-        np.stack([np.zeros(n), np.zeros(n), np.full(n, s * _E_BEAM), np.full(n, _E_BEAM)]) for s in (1, -1)
-    ]
-    b1, b2 = (_unit(_boost(b, -beta)[:3]) for b in beams)
-    sign = np.where(q[2] >= 0, 1.0, -1.0)
-    z = _unit(b1 - b2) * sign
-    x = -_unit(b1 + b2)
-    x = _unit(x - np.sum(x * z, axis=0) * z)
-    y = np.cross(z.T, x.T).T
-    sin_theta = np.sqrt(1.0 - cos_theta**2)
-    d = sin_theta * np.cos(phi) * x + sin_theta * np.sin(phi) * y + cos_theta * z
-    half = 0.5 * m
-    p1 = np.concatenate([half * d, half[None]], axis=0)
-    p2 = np.concatenate([-half * d, half[None]], axis=0)
-    return _boost(p1, beta), _boost(p2, beta)
-
-
-def _pt_eta_phi(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    pt = np.hypot(p[0], p[1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.arcsinh(np.where(pt > 0, p[2] / pt, np.sign(p[2]) * 1e6))
-    return pt, np.clip(eta, -20.0, 20.0), np.arctan2(p[1], p[0])
-
-
-def _sample_costheta(rng: np.random.Generator, pol: np.ndarray) -> np.ndarray:
-    n = len(pol)
-    r = rng.random(n)
-    cbrt = np.cbrt(r)
-    c = np.where(pol == 0, 1.0 - 2.0 * cbrt, 2.0 * cbrt - 1.0)  # P_L ~ (1-c)^2, P_R ~ (1+c)^2
-    # P_0 ~ 1 - c^2 on [-1, 1] is the law of the median of three uniforms (a Beta(2, 2) mapped to [-1, 1]).
-    med = np.median(rng.random((3, n)), axis=0) * 2.0 - 1.0
-    return np.where(pol == 2, med, c)
 
 
 def _smear_muon(
@@ -266,8 +214,8 @@ def generate_events(
         f = cfg.fractions()[:, iy]
         u = rng.random(n)
         pol = np.where(u < f[0], 0, np.where(u < f[0] + f[1], 1, 2))
-        cos_theta = _sample_costheta(rng, pol)
-        d1, d2 = _decay_cs(boson, cos_theta, rng.uniform(-np.pi, np.pi, n))
+        cos_theta = sample_costheta(rng, pol)
+        d1, d2 = decay_cs(boson, cos_theta, rng.uniform(-np.pi, np.pi, n))
         # d1 is the right-handed daughter: mu+ for W+, the antineutrino for W-.
         lep = np.where(q > 0, d1, d2)
         nu = np.where(q > 0, d2, d1)
@@ -284,9 +232,9 @@ def generate_events(
         # (1 + c^2): a mixture of uniform (3/4) and 3/2 c^2 (1/4).
         u = rng.random(n)
         c = np.where(rng.random(n) < 0.75, 2.0 * u - 1.0, np.cbrt(2.0 * u - 1.0))
-        d1, d2 = _decay_cs(boson, c, rng.uniform(-np.pi, np.pi, n))
-        _, e1, _ = _pt_eta_phi(d1)
-        _, e2, _ = _pt_eta_phi(d2)
+        d1, d2 = decay_cs(boson, c, rng.uniform(-np.pi, np.pi, n))
+        _, e1, _ = pt_eta_phi(d1)
+        _, e2, _ = pt_eta_phi(d2)
         first_lost = np.abs(e1) > np.abs(e2)  # the more forward muon is the lost one
         lep = np.where(first_lost, d2, d1)
         lost = np.where(first_lost, d1, d2)
@@ -306,7 +254,7 @@ def generate_events(
         raise ValueError(f"process must be 'W', 'Z' or 'fakes', got {process!r}")
 
     # Reconstructed main muon.
-    gpt, geta, gphi = _pt_eta_phi(lep)
+    gpt, geta, gphi = pt_eta_phi(lep)
     rpt, rq = _smear_muon(rng, np.maximum(gpt, 1e-3), geta, mu_q, cfg)
     prompt = process != "fakes"
     iso = rng.exponential(0.03, n) if prompt else 0.02 + rng.exponential(0.35, n)
@@ -327,7 +275,7 @@ def generate_events(
     met = nu[:2].copy()
     lost_cols = None
     if lost is not None:
-        lpt, leta, lphi = _pt_eta_phi(lost)
+        lpt, leta, lphi = pt_eta_phi(lost)
         met += lost[:2]
         lrpt, lrq = _smear_muon(rng, np.maximum(lpt, 1e-3), leta, -mu_q, cfg)
         reco_lost = (np.abs(leta) < 2.4) & (lrpt > 3.0)
@@ -435,7 +383,7 @@ def generate_events(
     cols["L1PreFiringWeight_Dn"] = np.where(fwd, 0.97, 1.0).astype(np.float32)
     if process in ("W", "Z"):
         boson = gen["p"][0]
-        bpt, beta_, bphi = _pt_eta_phi(boson)
+        bpt, beta_, bphi = pt_eta_phi(boson)
         absy = np.abs(0.5 * np.log((boson[3] + boson[2]) / (boson[3] - boson[2])))
         lrel = np.log1p(bpt / 10.0)
         # muR=0.5 -> +, 2 -> -; muF=0.5 -> +, 2 -> - (index = 3 * iR + iF with 0.5, 1, 2).
@@ -454,7 +402,7 @@ def generate_events(
         )
         cols["LHEPdfWeight"] = ak.unflatten(pdf.T.astype(np.float32).ravel(), np.full(n, cfg.n_pdf))
         parts = gen["p"]
-        pts, etas, phis = zip(*(_pt_eta_phi(p) for p in parts), strict=True)
+        pts, etas, phis = zip(*(pt_eta_phi(p) for p in parts), strict=True)
         mass = [
             np.sqrt(np.maximum(parts[0][3] ** 2 - np.sum(parts[0][:3] ** 2, axis=0), 0.0)),
             np.full(n, _M_MU if process == "Z" else _M_MU),
@@ -592,6 +540,9 @@ def write_toy(
 
     Returns:
         ``{"n_written": int, "n_candidates": {process: int}, "path": str}``.
+
+    Raises:
+        OSError: The file cannot be written (e.g. a full disk); an earlier file at ``path`` is left unchanged.
     """
     cfg = config or ToyConfig()
     plan = dict(n_events) if isinstance(n_events, dict) else {process: int(n_events)}
@@ -606,7 +557,9 @@ def write_toy(
     # Each block holds the same share of every process, so that mixed files are uniform.
     total = sum(plan.values())
     n_blocks = max(1, -(-total // block_size))
-    with uproot.recreate(os.fspath(path)) as f:
+    # Written in a temporary folder and moved into place once complete (wfit.atomic): a failed or interrupted job
+    # leaves no truncated ROOT file that a later run would take for a toy sample.
+    with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         for b in range(n_blocks):
             parts = []
             for p in processes:

@@ -12,7 +12,8 @@ The signal-region channel has axes (eta, pT, charge). Processes:
   (``pseudo_data="asimov"``) or a Poisson fluctuation of it (``pseudo_data=<seed>``).
 
 MC templates are normalised by ``xsec * lumi / sumw_sign`` (the histograms are filled with
-sign(genWeight); see :mod:`wfit.processors.processor`). Systematics:
+sign(genWeight); see :mod:`wfit.processors.processor`). Systematics, each read through its declaration in
+:data:`~wfit.processors.systematics.SYSTEMATICS` (name, group, shifts, processes, bins):
 
 * ``lumi``: lnN ``1 + config.lumi_uncertainty`` on every MC process;
 * ``effStat_eta{g}``: the ``effStat`` variation restricted to eta group ``g`` (``config.eff_groups``
@@ -21,6 +22,9 @@ sign(genWeight); see :mod:`wfit.processors.processor`). Systematics:
 * ``jetCalib``: the DNN jet calibration's ``jetCalibUp``/``jetCalibDown`` (group ``jet``; with a
   :class:`~wfit.processors.jetcorr.JetCalibration` in the processor);
 * ``fakeNorm``: lnN 1.3 on the fake estimate.
+
+A variation on the ``syst`` axis that the registry does not declare is an
+:class:`~wfit.processors.systematics.UnknownVariationError` naming the dataset, the name and the declared ones.
 
 Example:
     >>> from wfit.processors.workspace_builder import Sample
@@ -31,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,18 +43,9 @@ import hist
 import numpy as np
 
 from .config import TemplateConfig
+from .systematics import NOMINAL, SYSTEMATICS, Systematic
 
 __all__ = ["Sample", "build_workspace", "fake_estimate", "process_templates"]
-
-_GROUPS = (
-    (re.compile(r"^effStat"), "eff"),
-    (re.compile(r"^QCDscale"), "QCDscale"),
-    (re.compile(r"^pdf\d+$"), "pdf"),
-    (re.compile(r"^pileup$"), "pileup"),
-    (re.compile(r"^prefire$"), "prefire"),
-    (re.compile(r"^muon(Scale|Resolution)"), "muon"),
-    (re.compile(r"^jetCalib$"), "jet"),
-)
 
 
 @dataclass(frozen=True)
@@ -75,13 +69,6 @@ class Sample:
 
 def _project(h: hist.Hist) -> hist.Hist:
     return h.project("eta", "pt", "charge")
-
-
-def _group(name: str) -> str:
-    for pattern, group in _GROUPS:
-        if pattern.search(name):
-            return group
-    return name
 
 
 def process_templates(
@@ -109,7 +96,7 @@ def process_templates(
         if sample.kind == "data":
             if kinds != {"data"}:
                 raise ValueError(f"dataset {ds!r} is declared data but its files are {sorted(kinds)}")
-            data[ds] = _project(hs[{"syst": "nominal", "component": 0}])
+            data[ds] = _project(hs[{"syst": NOMINAL, "component": 0}])
             continue
         if "data" in kinds:
             raise ValueError(f"dataset {ds!r} is declared {sample.kind} but has data files (no genWeight)")
@@ -124,6 +111,9 @@ def process_templates(
             )
         scale = sample.xsec * lumi / sumw
         systs = list(hs.axes["syst"])
+        for s in systs:
+            if s != NOMINAL:
+                SYSTEMATICS.resolve(s, where=f"dataset {ds!r}, histogram 'templates_syst'")
         if sample.kind == "signal":
             comps = [(c, names[c]) for c in range(config.n_components)]
             comps.append((config.unmatched_component, f"{ds}_unmatched"))
@@ -199,6 +189,27 @@ def fake_estimate(
     return _project(out)
 
 
+def _book_eta_groups(
+    w: Any, spec: Systematic, process: str, channel: str, hs: Mapping[str, hist.Hist], cfg: TemplateConfig
+) -> set[str]:
+    """One nuisance per eta group of ``spec``: its variation inside the group's eta bins, the nominal outside."""
+    up_name, down_name = (spec.histogram(shift) for shift in spec.shifts)
+    if up_name not in hs or down_name not in hs:
+        return set()
+    nom = hs[NOMINAL]
+    eg = cfg.eff_group_size
+    booked = set()
+    for g in range(cfg.eff_groups):
+        sl = slice(g * eg, (g + 1) * eg)
+        up, down = nom.copy(), nom.copy()
+        up.view()[sl] = hs[up_name].view()[sl]
+        down.view()[sl] = hs[down_name].view()[sl]
+        name = spec.nuisance(eta_group=g)
+        w.add_shape_systematic(name, process, channel, up, down, groups=[spec.group])
+        booked.add(name)
+    return booked
+
+
 def build_workspace(
     output: Mapping[str, Any],
     path: str | os.PathLike[str],
@@ -220,7 +231,8 @@ def build_workspace(
         config: The processor's configuration (binning, component names, lumi uncertainty).
         lumi: Integrated luminosity in 1/pb.
         systematics: ``True`` for all, ``False`` for none but ``lumi``, or the nuisance groups to keep
-            (``"lumi"``, ``"eff"``, ``"QCDscale"``, ``"pdf"``, ``"pileup"``, ``"prefire"``, ``"muon"``, ``"jet"``).
+            (``"lumi"``, ``"eff"``, ``"QCDscale"``, ``"pdf"``, ``"pileup"``, ``"prefire"``, ``"muon"``, ``"jet"``:
+            the groups of :data:`~wfit.processors.systematics.SYSTEMATICS`).
         pseudo_data: Used when there is no data dataset: ``"asimov"`` or an integer seed for Poisson
             pseudo-data.
         fakes: Add the data-driven fake estimate (needs data).
@@ -242,57 +254,56 @@ def build_workspace(
 
     backgrounds = [p for p in templates if p not in cfg.component_names]
     missing = [
-        n for n in cfg.component_names if n not in templates or templates[n]["nominal"].sum().value <= 0
+        n for n in cfg.component_names if n not in templates or templates[n][NOMINAL].sum().value <= 0
     ]
     signals = [s for s in signals if s not in missing]
-    backgrounds = [b for b in backgrounds if templates[b]["nominal"].sum().value > 0]
+    backgrounds = [b for b in backgrounds if templates[b][NOMINAL].sum().value > 0]
     fake_hist = fake_estimate(output, samples, cfg, lumi) if fakes else None
 
-    any_hist = next(iter(templates.values()))["nominal"]
+    any_hist = next(iter(templates.values()))[NOMINAL]
     w = WorkspaceWriter()
     w.add_channel(channel, list(any_hist.axes))
     yields: dict[str, float] = {}
     for p in signals + backgrounds:
-        w.add_process(p, channel, templates[p]["nominal"], signal=p in signals)
-        yields[p] = float(templates[p]["nominal"].sum().value)
+        w.add_process(p, channel, templates[p][NOMINAL], signal=p in signals)
+        yields[p] = float(templates[p][NOMINAL].sum().value)
     if fake_hist is not None:
         w.add_process("Fakes", channel, fake_hist)
         yields["Fakes"] = float(fake_hist.sum().value)
-        w.add_norm_systematic("fakeNorm", ["Fakes"], channel, 1.3, groups=["fakes"])
+        fake_norm = SYSTEMATICS["fakeNorm"]
+        w.add_norm_systematic(fake_norm.name, ["Fakes"], channel, 1.3, groups=[fake_norm.group])
 
     booked: set[str] = set()
-    eg = cfg.eff_group_size
-    for p in signals + backgrounds:
+    kinds: dict[str, Literal["signal", "background"]] = {p: "signal" for p in signals}
+    kinds.update((b, "background") for b in backgrounds)
+    for p, process_kind in kinds.items():
         hs = templates[p]
-        nom = hs["nominal"]
         for s in hs:
-            if s == "nominal" or s.endswith("Down") or s.startswith("effStat"):
+            if s == NOMINAL:
                 continue
-            base = s[:-2] if s.endswith("Up") else s
-            group = _group(base)
-            if not wanted(group):
+            var = SYSTEMATICS.resolve(s, where=f"process {p!r}")
+            spec = var.systematic
+            # Each nuisance is booked at its first histogram; the eta-group split comes after the loop.
+            if spec.bins != "all" or var.shift != spec.shifts[0]:
                 continue
-            down = hs.get(base + "Down") if s.endswith("Up") else None
-            w.add_shape_systematic(base, p, channel, hs[s], down, groups=[group])
-            booked.add(base)
-        if wanted("eff") and "effStatUp" in hs and "effStatDown" in hs:
-            for g in range(cfg.eff_groups):
-                sl = slice(g * eg, (g + 1) * eg)
-                up, down = nom.copy(), nom.copy()
-                up.view()[sl] = hs["effStatUp"].view()[sl]
-                down.view()[sl] = hs["effStatDown"].view()[sl]
-                w.add_shape_systematic(f"effStat_eta{g}", p, channel, up, down, groups=["eff"])
-                booked.add(f"effStat_eta{g}")
-    if groups_kept is None or systematics is False or "lumi" in groups_kept:
-        w.add_norm_systematic(
-            "lumi", signals + backgrounds, channel, 1.0 + cfg.lumi_uncertainty, groups=["lumi"]
-        )
-        booked.add("lumi")
+            if not wanted(spec.group) or not spec.applies_to(process_kind):
+                continue
+            down = hs.get(spec.histogram(spec.shifts[1], var.index)) if spec.two_sided else None
+            w.add_shape_systematic(var.nuisance, p, channel, hs[s], down, groups=[spec.group])
+            booked.add(var.nuisance)
+        for spec in SYSTEMATICS:
+            if spec.bins == "eta_group" and wanted(spec.group) and spec.applies_to(process_kind):
+                booked |= _book_eta_groups(w, spec, p, channel, hs, cfg)
+    lumi = SYSTEMATICS["lumi"]
+    if groups_kept is None or systematics is False or lumi.group in groups_kept:
+        lumi_processes = [p for p, kind in kinds.items() if lumi.applies_to(kind)]
+        w.add_norm_systematic(lumi.name, lumi_processes, channel, 1.0 + cfg.lumi_uncertainty, groups=[lumi.group])
+        booked.add(lumi.name)
 
     if data:
         obs = sum(data.values())
     else:
-        asimov = sum(templates[p]["nominal"] for p in signals + backgrounds)
+        asimov = sum(templates[p][NOMINAL] for p in signals + backgrounds)
         if fake_hist is not None:
             asimov = asimov + fake_hist
         if pseudo_data == "asimov":

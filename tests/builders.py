@@ -106,15 +106,35 @@ def write_wfit(m: Model, path: str, *, rabbit_meta: bool = False, sparse: bool =
     w.write(path, rabbit_meta=rabbit_meta)
 
 
-def write_rabbit(m: Model, path: str) -> None:
-    """Write the model with rabbit's own TensorWriter (working around its known writer bugs)."""
+def write_rabbit(
+    m: Model,
+    path: str,
+    *,
+    systematic_type: str = "log_normal",
+    data_covariance: np.ndarray | None = None,
+    covariance_systs: tuple[str, ...] = (),
+    pseudodata: dict[str, dict[str, np.ndarray]] | None = None,
+) -> None:
+    """Write the model with rabbit's own TensorWriter (working around its known writer bugs).
+
+    Args:
+        m: The model.
+        path: Output file.
+        systematic_type: rabbit's ``"log_normal"`` or ``"normal"`` (additive) systematics.
+        data_covariance: The covariance of the data in the unmasked bins, in rabbit's bin order
+            (``add_data_covariance``; rabbit then writes its inverse, ``hdata_cov_inv``).
+        covariance_systs: Shape systematics (symmetric ones, of a model without masked channels)
+            that rabbit folds into the data covariance (``add_to_data_covariance=True``) instead of
+            making them nuisances.
+        pseudodata: ``{name: {channel: counts}}``, written with ``add_pseudodata``.
+    """
     # rabbit records the git state of its install folder, which fails inside a fresh repository:
     # point git at nothing so that it records "Not a git repository".
     old = os.environ.get("GIT_DIR")
     os.environ["GIT_DIR"] = os.path.join(os.path.dirname(path), "no-git")
     try:
         with np.errstate(divide="ignore", invalid="ignore"):  # rabbit divides 0/0 for empty template bins
-            _write_rabbit(m, path)
+            _write_rabbit(m, path, systematic_type, data_covariance, covariance_systs, pseudodata or {})
     finally:
         if old is None:
             del os.environ["GIT_DIR"]
@@ -122,19 +142,29 @@ def write_rabbit(m: Model, path: str) -> None:
             os.environ["GIT_DIR"] = old
 
 
-def _write_rabbit(m: Model, path: str) -> None:
+def _write_rabbit(m: Model, path: str, systematic_type: str, data_covariance: np.ndarray | None,
+                  covariance_systs: tuple[str, ...], pseudodata: dict[str, dict[str, np.ndarray]]) -> None:
     from rabbit.tensorwriter import TensorWriter
 
-    w = TensorWriter()
+    w = TensorWriter(systematic_type=systematic_type)
     for c, info in m.channels.items():
         w.add_channel(info["axes"], c, masked=info["masked"])
     for (c, p), vals in m.nominal.items():
         w.add_process(m.hist(c, vals, m.sumw2[(c, p)]), p, c, signal=p in m.signals)
     for c, d in m.data.items():
         w.add_data(m.hist(c, d), c)
+    for name, per in pseudodata.items():
+        for c, d in per.items():
+            w.add_pseudodata(m.hist(c, d), name, c)
+    if data_covariance is not None:
+        w.add_data_covariance(np.array(data_covariance))
     for name, per in m.shape.items():
         for (c, p), (up, down) in per.items():
-            if down is None:
+            if name in covariance_systs:
+                if down is not None:
+                    raise ValueError(f"{name}: rabbit folds only symmetric systematics into the data covariance")
+                w.add_systematic(m.hist(c, up), name, p, c, add_to_data_covariance=True)
+            elif down is None:
                 w.add_systematic(m.hist(c, up), name, p, c)
             else:
                 w.add_systematic([m.hist(c, up), m.hist(c, down)], name, p, c, symmetrize=None)
@@ -162,8 +192,11 @@ def _write_rabbit(m: Model, path: str) -> None:
             h5py.File(fid).close()
 
 
-def run_rabbit(workspace: str, outdir: str, *extra: str) -> dict[str, tuple[float, float]]:
-    """Fit the stored data with rabbit_fit (mu, not sqrt(mu)); return name -> (value, error)."""
+def run_rabbit(workspace: str, outdir: str, *extra: str, result: str | None = None) -> dict[str, tuple[float, float]]:
+    """Fit the stored data with rabbit_fit (mu, not sqrt(mu)); return name -> (value, error).
+
+    ``result`` names the result group of a pseudo-data fit (``--pseudoData NAME`` stores ``results_NAME``).
+    """
     env = dict(os.environ, GIT_DIR=os.path.join(outdir, "no-git"))  # rabbit records git info of its cwd
     cmd = [
         os.path.join(os.path.dirname(sys.executable), "rabbit_fit"),
@@ -183,6 +216,6 @@ def run_rabbit(workspace: str, outdir: str, *extra: str) -> dict[str, tuple[floa
         raise RuntimeError(f"rabbit_fit failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     from rabbit.io_tools import get_fitresult
 
-    fr = get_fitresult(os.path.join(outdir, "rabbit.hdf5"))
+    fr = get_fitresult(os.path.join(outdir, "rabbit.hdf5"), result)
     h = fr["parms"].get()
     return {str(n): (float(v), float(np.sqrt(e))) for n, v, e in zip(h.axes[0], h.values(), h.variances(), strict=True)}

@@ -127,3 +127,54 @@ def test_report_on_real_shards(tmp_path: Path) -> None:
     csv_lines = (tmp_path / "table.csv").read_text().splitlines()
     assert csv_lines[0] == "method,variable,bin,lo,hi,n,median,resolution"
     assert len(csv_lines) == 1 + len(report.rows)
+
+
+def test_report_of_a_resolution_head(tmp_path: Path) -> None:
+    """Predicted resolution and coverage per bin against numpy on the model's own outputs; observed and
+    standard resolution against the sorted-quantile reference."""
+    import dataclasses
+
+    import keras
+
+    from tests.reference_features import real_features
+    from wfit.calib import FeatureSpec, OnnxCalibrator, build_model, export_onnx, load_config, load_transform
+
+    features = real_features()
+    keras.utils.set_random_seed(4)
+    spec = dataclasses.replace(
+        FeatureSpec.from_config(features, load_transform(str(DATA / "transform.yaml"))), quantiles=(0.16, 0.84)
+    )
+    blocks = {t: {"type": "plain", "units": [8], "embeddings": {n: 2 for n in c.get("categorical", [])}}
+              for t, c in features["constituents"].items()}  # fmt: skip
+    config = load_config(overrides={"features": features, "model": {"blocks": blocks, "resolution": {
+        "quantiles": [0.16, 0.84]}}})  # fmt: skip
+    model = build_model(config, spec, compile=False)
+    path = export_onnx(model, spec, str(tmp_path / "head.onnx"))
+    edges = (20.0, 100.0, 5000.0)
+    report = calibration_report(
+        path, str(DATA), str(tmp_path / "report"), pt_edges=edges, abs_eta_edges=(0, 2.5, 5.2)
+    )
+    names = {Path(p).name for p in report.files}
+    assert {"resolution.csv", "resolution.md", "predicted_resolution_vs_pt_gen.png"} <= names
+
+    arrays = uproot.concatenate({str(DATA / f"shards/{i}.root"): "Jets" for i in range(1, 6)}, library="ak")
+    columns = {f: (arrays[f].to_numpy() if arrays[f].ndim == 1 else arrays[f]) for f in arrays.fields}
+    out = OnnxCalibrator(path).predict_outputs(columns)
+    c, q = out["log_correction"].astype(np.float64), out["log_quantiles"].astype(np.float64)
+    pt, pt_gen = columns["pt"].astype(np.float64), columns["pt_gen"].astype(np.float64)
+    predicted = 0.5 * (np.exp(c - q[:, 0]) - np.exp(c - q[:, 1]))
+    y = np.log(pt_gen / pt)
+    inside = (y >= q[:, 0]) & (y <= q[:, 1])
+    rows = [r for r in report.resolution_rows if r["variable"] == "pt_gen"]
+    assert [r["bin"] for r in rows] == ["[20, 100)", "[100, 5000)"]
+    for r in rows:
+        sel = (pt_gen >= r["lo"]) & (pt_gen < r["hi"])
+        assert r["n"] == sel.sum() > 0
+        assert r["predicted"] == pytest.approx(_quantile(predicted[sel], 0.5), rel=1e-6)
+        assert r["coverage"] == pytest.approx(inside[sel].mean(), abs=1e-12)
+        assert r["expected"] == pytest.approx(0.68)
+        assert r["observed"] == pytest.approx(_summary((pt * np.exp(c) / pt_gen)[sel])[1], rel=1e-5)
+        assert r["standard"] == pytest.approx(_summary(columns["pt_full_corr"][sel] / pt_gen[sel])[1], rel=1e-6)
+    header = (tmp_path / "report" / "resolution.csv").read_text().splitlines()[0]
+    assert header == "variable,bin,lo,hi,n,observed,predicted,standard,coverage,expected"
+    assert {r["variable"] for r in report.resolution_rows} == {"pt_gen", "abs_eta_gen", "flavour"}

@@ -166,3 +166,43 @@ def test_acceptance_resolution_near_floor(tmp_path: Path) -> None:
     }
     print("flavour spread dnn", np.round(spread["dnn"], 4), "\nstandard", np.round(spread["standard"], 4))
     assert np.mean(spread["dnn"]) < np.mean(spread["standard"])
+
+
+def test_resolution_head_learns_the_injected_resolution(synthetic: tuple, tmp_path: Path) -> None:
+    """The quantiles of log(pt_gen / pt) that the head predicts: about 68% of the validation jets fall between
+    q16 and q84, the predicted width falls with pT as the injected smearing does, and lies near it (above:
+    the correction itself is not perfect; the floor is the generator's own smearing)."""
+    from wfit.calib import OnnxCalibrator, default_config_path, export_onnx, load_model
+    from wfit.calib import train_model as train
+    from wfit.calib.data import iterate
+
+    location, truth = synthetic
+    overrides = {
+        "model": {"resolution": {"quantiles": [0.16, 0.84]}},
+        "train": {"epochs": 4, "batch_size": 256, "validation_fraction": 0.2, "early_stopping": None,
+                  "reduce_lr_on_plateau": None, "seed": 3},
+    }  # fmt: skip
+    config = load_config(default_config_path("pfnano"), overrides)
+    result = train(str(location), str(tmp_path / "out"), config, verbose=0)
+    assert result.spec.quantiles == (0.16, 0.84)
+    assert {"log_correction_loss", "log_quantiles_loss", "val_loss"} <= set(result.history)
+    assert result.history["val_log_quantiles_loss"][-1] < result.history["val_log_quantiles_loss"][0]
+    path = export_onnx(load_model(result.model_path), result.spec, str(tmp_path / "out" / "model.onnx"))
+    calib = OnnxCalibrator(path)
+    branches = [*result.spec.branches, "pt", "pt_gen"]
+    chunk = next(iter(iterate(result.shards["validation"], branches, step_size=10**6)))
+    out = calib.predict_outputs(chunk)
+    y = np.log(chunk["pt_gen"].astype(np.float64) / chunk["pt"])
+    q, c = out["log_quantiles"].astype(np.float64), out["log_correction"].astype(np.float64)
+    inside = (y >= q[:, 0]) & (y <= q[:, 1])
+    assert 0.58 < inside.mean() < 0.78, inside.mean()
+    predicted = 0.5 * (np.exp(c - q[:, 0]) - np.exp(c - q[:, 1]))
+    pt_gen = chunk["pt_gen"].astype(np.float64)
+    medians, floors = [], []
+    for lo, hi in ((20, 50), (50, 150), (150, 500), (500, 2000)):
+        sel = (pt_gen >= lo) & (pt_gen < hi)
+        medians.append(np.median(predicted[sel]))
+        floors.append(np.median(truth.resolution_floor(pt_gen[sel])))
+    print("predicted", np.round(medians, 4), "floor", np.round(floors, 4))
+    assert np.all(np.diff(medians) < 0)
+    np.testing.assert_allclose(medians, floors, rtol=0.4)

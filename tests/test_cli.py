@@ -1,4 +1,10 @@
-"""``wfit fit``: exit codes, the result file, and agreement with the Python API."""
+"""``wfit fit``: exit codes, the result file, agreement with the Python API, and :class:`FitOptions`.
+
+References: the CLI equals :func:`fit_workspace` bit for bit (the same function), and both equal an
+independent fit (scipy on the numpy NLL, :mod:`tests.reference_fit`): values to 2e-5 sigma (the EDM
+tolerance 1e-10 bounds the distance to the minimum by sqrt(2 EDM) = 1.4e-5 sigma), uncertainties to
+1e-5 relative.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,13 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from scipy import stats
 
 from tests.builders import build_random_model, write_wfit
-from wfit.fitter import fit_workspace, read_result
-from wfit.fitter.cli import main
+from tests.reference_fit import ReferenceFit, reference_fit
+from wfit.fitter import FitOptions, fit_workspace, read_result
+from wfit.fitter.cli import _parser, main
+from wfit.workspace import read_workspace
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +32,18 @@ def ws_path(tmp_path_factory):
     return path
 
 
-def test_cli_fit_writes_result_equal_to_api(ws_path, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def reference(ws_path) -> ReferenceFit:
+    return reference_fit(read_workspace(ws_path))
+
+
+def _assert_matches_reference(res, ref: ReferenceFit) -> None:
+    np.testing.assert_allclose((res.values - ref.x) / ref.errors, 0.0, atol=2e-5)
+    np.testing.assert_allclose(res.errors, ref.errors, rtol=1e-5)
+    np.testing.assert_allclose(res.nll, ref.nll, rtol=1e-10)
+
+
+def test_cli_fit_writes_result_equal_to_api(ws_path, reference, tmp_path, capsys):
     out = str(tmp_path / "res.hdf5")
     assert main(["fit", ws_path, "-o", out, "--seed", "3"]) == 0
     printed = capsys.readouterr()
@@ -33,6 +53,7 @@ def test_cli_fit_writes_result_equal_to_api(ws_path, tmp_path, capsys):
     assert res.names == api.names
     np.testing.assert_array_equal(res.values, api.values)
     np.testing.assert_array_equal(res.covariance, api.covariance)
+    _assert_matches_reference(res, reference)
     with open(ws_path, "rb") as f:  # independent of the package's own checksum helper
         assert res.workspace_sha256 == hashlib.sha256(f.read()).hexdigest()
     assert res.options["seed"] == 3 and res.ok
@@ -67,18 +88,20 @@ def test_cli_exit_codes(ws_path, tmp_path, capsys):
     assert read_result(tmp_path / "r.hdf5").status != 0
 
 
-def test_console_script_runs(ws_path, tmp_path):
+def test_console_script_runs(ws_path, reference, tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "wfit")
     out = tmp_path / "r.hdf5"
     proc = subprocess.run([exe, "fit", ws_path, "-o", str(out), "-q"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    np.testing.assert_array_equal(read_result(out).values, fit_workspace(ws_path).values)
+    res = read_result(out)
+    np.testing.assert_array_equal(res.values, fit_workspace(ws_path).values)
+    _assert_matches_reference(res, reference)
 
 
-def test_cli_impacts_scan_and_plots_equal_the_api(ws_path, tmp_path):
+def test_cli_impacts_scan_and_plots_equal_the_api(ws_path, reference, tmp_path):
     from wfit.fitter import Likelihood
-    from wfit.fitter.impacts import impacts
-    from wfit.fitter.scan import scan
+    from wfit.fitter.breakdown import impacts
+    from wfit.fitter.scanning import scan
     from wfit.fitter.toys import goodness_of_fit
     from wfit.workspace import read_workspace
 
@@ -95,6 +118,76 @@ def test_cli_impacts_scan_and_plots_equal_the_api(ws_path, tmp_path):
     np.testing.assert_allclose(res.extra["scan_sig0"][:, 1], sc.q, rtol=1e-6, atol=1e-8)
     gof = goodness_of_fit(ll, api)
     np.testing.assert_allclose(res.extra["gof"], [gof.chi2, gof.ndf, gof.p_value], rtol=1e-10)
+    # Independent: impacts C_ij / sqrt(C_jj) and grouped sqrt(v^T C_GG^-1 v) from the reference covariance,
+    # the profile q = 2 (min NLL at the scan point - min NLL) from reference fits with sig0 fixed, and
+    # the saturated chi2 = 2 NLL at the reference minimum.
+    cov, npoi, ws = reference.covariance, res.npoi, ll.ws
+    np.testing.assert_allclose(res.extra["impacts"], cov[:npoi] / reference.errors, rtol=1e-4, atol=1e-7)
+    for k, (group, idxs) in enumerate(ws.syst_groups.items()):
+        g = npoi + np.asarray(idxs)
+        v = cov[:npoi][:, g]
+        expected = np.sqrt(np.einsum("ij,ij->i", v, np.linalg.solve(cov[np.ix_(g, g)], v.T).T))
+        np.testing.assert_allclose(res.extra["impacts_grouped"][:, k], expected, rtol=1e-4, err_msg=group)
+    points, q = res.extra["scan_sig0"][:, 0], res.extra["scan_sig0"][:, 1]
+    i0 = res.names.index("sig0")
+    for k in (0, len(points) // 4, len(points) // 2, len(points) - 1):
+        prof = reference_fit(ws, fixed={i0: points[k]}, x0=reference.x)
+        np.testing.assert_allclose(q[k], 2.0 * (prof.nll - reference.nll), rtol=1e-6, atol=1e-7)
+    chi2 = 2.0 * reference.nll
+    ndf = ws.nbins - npoi - len(ws.systs_noconstraint)
+    np.testing.assert_allclose(res.extra["gof"], [chi2, ndf, stats.chi2.sf(chi2, ndf)], rtol=1e-9)
     names = sorted(p.name for p in plots.iterdir())
     assert names == ["correlation.png", "impacts_sig0.png", "impacts_sig1.png", "prepostfit.png", "pulls.png"]
     assert all((plots / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
+
+
+def test_every_fit_option_has_a_flag_and_reaches_the_fit(ws_path, tmp_path):
+    """FitOptions is the one list of options: each is a `wfit fit` flag (argparse dest = field name),
+    and the options of a CLI fit are FitOptions' dict (plus the device TensorFlow used)."""
+    parsed = vars(_parser().parse_args(["fit", ws_path]))
+    assert set(FitOptions.names()) <= set(parsed)
+    assert FitOptions(**{n: parsed[n] for n in FitOptions.names()}) == FitOptions()  # same defaults
+    out = tmp_path / "r.hdf5"
+    argv = ["fit", ws_path, "-o", str(out), "-q", "--no-bb-lite", "--tol", "1e-12", "--max-iter", "50",
+            "--seed", "4", "--poi-nonnegative", "--device", "cpu"]
+    assert main(argv) == 0
+    stored = read_result(out).options
+    expected = FitOptions(bb_lite=False, tol=1e-12, max_iter=50, seed=4, poi_nonnegative=True, device="cpu")
+    assert stored == {**expected.to_dict(), "device": "/CPU:0"}
+    assert FitOptions.from_dict(stored) == expected.replace(device="/CPU:0")
+
+
+def test_fit_options_are_checked(ws_path, capsys):
+    opts = FitOptions()
+    assert opts.replace(tol=1e-12).tol == 1e-12 and opts.tol == 1e-10  # frozen: replace makes a copy
+    with pytest.raises(AttributeError):
+        opts.tol = 1.0  # type: ignore[misc]
+    assert FitOptions(tol=np.float64(1e-9), max_iter=np.int64(7)).to_dict()["max_iter"] == 7
+    assert type(FitOptions(max_iter=np.int64(7)).max_iter) is int  # JSON-able
+    for bad, match in [
+        ({"tol": 0.0}, r"tol=0\.0: .*finite number > 0"),
+        ({"tol": float("nan")}, r"tol=nan"),
+        ({"tol": float("inf")}, r"tol=inf"),
+        ({"max_iter": 0}, r"max_iter=0: .*integer >= 1"),
+        ({"max_iter": 2.5}, r"max_iter=2\.5"),
+        ({"max_iter": True}, r"max_iter=True"),
+        ({"seed": -1}, r"seed=-1: .*integer >= 0"),
+        ({"device": "tpu"}, r"device='tpu': allowed: None, 'auto', 'cpu', 'gpu'"),
+        ({"asimov": 1}, r"asimov=1: must be True or False"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            FitOptions(**bad)
+    for ok in ("cpu", "GPU", "auto", "/GPU:1", "/device:CPU:0", "/job:localhost/replica:0/task:0/device:GPU:0"):
+        assert FitOptions(device=ok).device == ok
+    with pytest.raises(TypeError, match=r"unknown fit option\(s\) \['tols'\]; the options are asimov"):
+        opts.replace(tols=1e-9)
+    with pytest.raises(TypeError, match=r"unknown fit option"):
+        fit_workspace(ws_path, tols=1e-9)
+    with pytest.raises(TypeError, match=r"options must be a FitOptions, got dict"):
+        fit_workspace(ws_path, {"tol": 1e-9})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['worker'\]"):
+        FitOptions.from_dict({"tol": 1e-9, "worker": "tcp://x"})
+    assert FitOptions.from_dict({"tol": 1e-9, "worker": "tcp://x"}, strict=False) == FitOptions(tol=1e-9)
+    # the CLI refuses the same values, with exit code 2 and the option named
+    assert main(["fit", ws_path, "--tol", "-1", "-q"]) == 2
+    assert "fit option tol=-1.0" in capsys.readouterr().err

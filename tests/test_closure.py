@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wfit.fitter import fit_workspace
 from wfit.processors import (
     AngularCoefficients,
     AngularCoefficientsProcessor,
@@ -32,9 +33,6 @@ from wfit.processors import (
 def _closure(
     tmp: Path, *, n_mc: int, n_data: int, edges: tuple[float, ...], seed: int, n_eta: int = 48, n_pt: int = 30
 ) -> tuple[np.ndarray, ...]:
-    fitter = pytest.importorskip("wfit.fitter")
-    if not hasattr(fitter, "fit_workspace"):
-        pytest.skip("wfit.fitter.fit_workspace is not available yet")
     ny = len(edges)
     cfg = TemplateConfig(
         absy_edges=edges,
@@ -57,12 +55,12 @@ def _closure(
 
     moments = run_templates(
         {"W": [str(tmp / "mc.root")]}, AngularCoefficientsProcessor(cfg), chunksize=1_000_000
-    )
+    ).output
     coef = AngularCoefficients.from_moments(moments["W"]["moments"])
     proc = WTemplateProcessor(cfg, signal_datasets={"W"}, coefficients=coef)
     out = run_templates(
         {"W": [str(tmp / "mc.root")], "data": [str(tmp / "data.root")]}, proc, chunksize=1_000_000
-    )
+    ).output
     # xsec * lumi = n_data: the templates predict the pseudo-data before the injected scaling.
     summary = build_workspace(
         out,
@@ -75,7 +73,7 @@ def _closure(
     assert summary["missing_signals"] == []
     assert "muonScale_eta0" in summary["systematics"] and "lumi" in summary["systematics"]
 
-    res = fitter.fit_workspace(tmp / "ws.hdf5")
+    res = fit_workspace(tmp / "ws.hdf5")
     assert res.ok, res.status
     f_mc, f_data = base.fractions(), injected.fractions()
     names = list(res.names[: len(summary["signals"])])

@@ -17,6 +17,7 @@ import pytest
 import uproot
 
 from tests.reference_features import transform_chain
+from wfit.calib.onnx_spec import ModelSpecError
 from wfit.processors import (
     JetCalibration,
     Sample,
@@ -36,8 +37,9 @@ VARIATION = 0.05
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Two tiny models trained with calib's own API on seeded synthetic jets (about 10 s): ``deep`` on the
-    PFNano-mappable features (configs/pfnano.yaml), ``flat`` on the same jet-level features only."""
+    """Three tiny models trained with calib's own API on seeded synthetic jets (about 15 s): ``deep`` on the
+    PFNano-mappable features (configs/pfnano.yaml), ``flat`` on the same jet-level features only, ``reso`` as
+    ``deep`` with a resolution head (quantiles 0.16 and 0.84)."""
     from wfit.calib import default_config_path, export_onnx, load_config, load_model, train_model, write_synthetic
 
     d = tmp_path_factory.mktemp("jetmodels")
@@ -53,7 +55,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         }
     }
     out = {}
-    for name, extra in (("deep", {}), ("flat", {"features": {"constituents": {}}, "model": {"blocks": {}}})):
+    variants = (
+        ("deep", {}),
+        ("flat", {"features": {"constituents": {}}, "model": {"blocks": {}}}),
+        ("reso", {"model": {"resolution": {"quantiles": [0.16, 0.84]}}}),
+    )
+    for name, extra in variants:
         cfg = load_config(default_config_path("pfnano"), overrides={**common, **extra})
         result = train_model(str(d / "syn"), str(d / name), cfg, verbose=0)
         out[name] = export_onnx(load_model(result.model_path), result.spec, str(d / f"{name}.onnx"))
@@ -163,11 +170,16 @@ def _reference(path: str, model: str) -> dict[str, np.ndarray]:
         feed[f"{t}_numerical"], feed[f"{t}_mask"] = x, mask
         for f, v in zip(c["categorical"], cats, strict=True):
             feed[f] = v
-    pred = session.run(None, feed)[0][:, 0].astype(np.float64)
+    outputs = session.run(None, feed)
+    pred = outputs[0][:, 0].astype(np.float64)
     out = {"pt": np.array(raw_pt) * np.exp(pred), "nano_pt": np.array(nano_pt)}
+    shifted = {tag: out["pt"] * (1.0 + s) for tag, s in (("nominal", 0.0), ("up", VARIATION), ("down", -VARIATION))}
+    if len(outputs) > 1:  # the resolution head: each jet at its predicted 16% / 84% quantile of pt_gen
+        assert spec["resolution"]["quantiles"] == [0.16, 0.84]
+        q = outputs[1].astype(np.float64)
+        shifted["resoDown"], shifted["resoUp"] = np.array(raw_pt) * np.exp(q[:, 0]), np.array(raw_pt) * np.exp(q[:, 1])
     met = "MET"
-    for tag, s in (("nominal", 0.0), ("up", VARIATION), ("down", -VARIATION)):
-        pts = out["pt"] * (1.0 + s)
+    for tag, pts in shifted.items():
         mx = np.zeros(n_events)
         my = np.zeros(n_events)
         for i in range(n_events):
@@ -276,23 +288,29 @@ def test_mt_shift_direction(models: dict[str, str], toy: str) -> None:
     assert 0 < (shift[clear] > 0).mean() < 1  # both directions occur: jets are not aligned with the W here
 
 
-def test_processor_mt_and_variations_match_reference(models: dict[str, str], toy: str) -> None:
-    """End to end: the mT axis of the templates and the jetCalib variations, against the reference MET and a
-    per-event selection (unit weights: no corrections, no pileup/prefiring weights)."""
+@pytest.mark.parametrize("model", ["deep", "reso"])
+def test_processor_mt_and_variations_match_reference(models: dict[str, str], toy: str, model: str) -> None:
+    """End to end: the mT axis of the templates and the jetCalib variations (and, for a model with a resolution
+    head, jetReso), against the reference MET and a per-event selection (unit weights: no corrections, no
+    pileup/prefiring weights)."""
     edges = (*np.arange(0.0, 201.0, 10.0), float("inf"))
     cfg = TemplateConfig(
         mt_edges=edges, pileup=False, prefire=False, curvature=None, qcd_scale=False, pdf=False
     )
-    proc = WTemplateProcessor(cfg, corrections=None, jet_calibration=_calibration(models))
-    out = run_templates({"W": [toy]}, proc)["W"]
-    assert out["jet_calibration"] == {"deep.onnx (w.root)"}
-    ref = _reference(toy, models["deep"])
+    calib = JetCalibration(models[model], variation=VARIATION, met_jet_pt_min=PT_MIN, batch_size=7)
+    proc = WTemplateProcessor(cfg, corrections=None, jet_calibration=calib)
+    out = run_templates({"W": [toy]}, proc).output["W"]
+    assert out["jet_calibration"] == {f"{model}.onnx (w.root)"}
+    ref = _reference(toy, models[model])
     a = uproot.open(toy)["Events"].arrays(
         ["Muon_pt", "Muon_eta", "Muon_phi", "Muon_tightId", "Muon_looseId", "Muon_dxy", "Muon_dz",
          "Muon_pfRelIso04_all", "Electron_pt", "Electron_eta", "Electron_cutBased"],
         library="np",
     )  # fmt: skip
-    mts: dict[str, list[float]] = {"nominal": [], "up": [], "down": []}
+    variations = {"nominal": "nominal", "up": "jetCalibUp", "down": "jetCalibDown"}
+    if model == "reso":
+        variations.update(resoUp="jetResoUp", resoDown="jetResoDown")
+    mts: dict[str, list[float]] = {tag: [] for tag in variations}
     iso = []
     for i in range(len(a["Muon_pt"])):
         pt, eta = a["Muon_pt"][i], a["Muon_eta"][i]
@@ -319,10 +337,13 @@ def test_processor_mt_and_variations_match_reference(models: dict[str, str], toy
     np.testing.assert_array_equal(got, np.histogram(mts["nominal"], bins=np.array(edges))[0])
     iso_ok = np.array(iso) < 0.15
     syst = out["templates_syst"]
-    for tag, name in (("nominal", "nominal"), ("up", "jetCalibUp"), ("down", "jetCalibDown")):
+    assert sorted(n for n in syst.axes["syst"] if n.startswith("jet")) == sorted(set(variations.values()) - {"nominal"})
+    for tag, name in variations.items():
         expected = int(np.sum((np.array(mts[tag]) >= 40.0) & iso_ok))
         assert syst[{"syst": name}].sum(flow=True).value == expected, name
     assert syst[{"syst": "jetCalibUp"}].sum().value != syst[{"syst": "nominal"}].sum().value
+    if model == "reso":
+        assert syst[{"syst": "jetResoUp"}].sum().value != syst[{"syst": "jetResoDown"}].sum().value
 
 
 @pytest.mark.parametrize("which", ["toy", "nano_dy.root"])
@@ -341,7 +362,7 @@ def test_jet_calibration_nuisance_reaches_the_workspace(models: dict[str, str], 
     from wfit.workspace import read_workspace
 
     cfg = TemplateConfig(curvature=None, qcd_scale=False, pdf=False)
-    out = run_templates({"W": [toy]}, WTemplateProcessor(cfg, jet_calibration=_calibration(models)))
+    out = run_templates({"W": [toy]}, WTemplateProcessor(cfg, jet_calibration=_calibration(models))).output
     summary = build_workspace(
         out, tmp_path / "ws.hdf5", samples={"W": Sample("background", xsec=1.0)}, config=cfg, lumi=1.0
     )
@@ -361,11 +382,11 @@ def test_jet_calibration_nuisance_reaches_the_workspace(models: dict[str, str], 
 def test_dask_workers_create_their_own_session(models: dict[str, str], toy: str, dask_client: Any) -> None:
     cfg = TemplateConfig(curvature=None, pdf=False)
     proc = WTemplateProcessor(cfg, jet_calibration=_calibration(models))
-    it = run_templates({"W": [toy]}, proc, chunksize=1000)
+    it = run_templates({"W": [toy]}, proc, chunksize=1000).output
     _ = proc.jet_calibration.model.session  # a session in the driver is not shipped
     state = pickle.loads(pickle.dumps(proc))
     assert state.jet_calibration.model._session is None
-    dk = run_templates({"W": [toy]}, proc, executor="dask", client=dask_client, chunksize=1000)
+    dk = run_templates({"W": [toy]}, proc, executor="dask", client=dask_client, chunksize=1000).output
     for name in ("nominal", "jetCalibUp", "jetCalibDown"):
         np.testing.assert_allclose(
             dk["W"]["templates_syst"][{"syst": name}].values(flow=True),
@@ -406,6 +427,16 @@ def test_shape_mismatch_is_reported_at_construction(models: dict[str, str], tmp_
         JetCalibration(other)
 
 
+def test_specification_errors_name_the_file_and_field(models: dict[str, str], tmp_path: Path) -> None:
+    """The processor reads its models through wfit.calib's one reader: the same exception and message."""
+    bad = _rewrite_spec(models["flat"], tmp_path / "short.onnx", lambda spec: spec["jet"]["numerical"].pop())
+    with pytest.raises(ModelSpecError) as err:
+        JetCalibration(models["flat"], fallback_model=bad)
+    assert type(err.value) is ModelSpecError
+    assert str(err.value).startswith(f"{bad}: input 'jet_numerical' has shape")
+    assert "field jet.numerical" in str(err.value)
+
+
 def test_unmapped_feature_and_bad_fallback_are_refused(models: dict[str, str], tmp_path: Path) -> None:
     def rename(spec: dict) -> None:
         spec["constituents"]["ne"]["numerical"][1] = "ne_hcal_frac"
@@ -431,3 +462,61 @@ def test_file_without_constituents_fails_before_processing(
     with pytest.raises(ValueError, match=r"nano_dy\.root.*JetPFCands.*pass fallback_model="):
         run_templates(fileset, proc, retries=0)
     assert proc.preflight({"pf": [str(DATA / "pfnano.root")]}) == {str(DATA / "pfnano.root"): "model"}
+
+
+def test_resolution_variation_of_the_jets_and_met(models: dict[str, str], toy: str) -> None:
+    """resoUp/resoDown put every jet at its predicted 84%/16% quantile of pt_gen (the reference runs the ONNX
+    graph's second output directly); a model without a head has no such variation."""
+    events = _events(toy)
+    met_pt = np.asarray(events.MET.pt, dtype=np.float64)
+    met_phi = np.asarray(events.MET.phi, dtype=np.float64)
+    calib = JetCalibration(models["reso"], variation=VARIATION, met_jet_pt_min=PT_MIN)
+    assert calib.has_resolution and not _calibration(models).has_resolution
+    jets = calib.evaluate(events, met_pt, met_phi)
+    everything = np.ones(len(met_pt), dtype=bool)
+    ref = _reference(toy, models["reso"])
+    for tag in ("resoUp", "resoDown"):
+        got_pt, got_phi = jets.met(everything, tag)
+        np.testing.assert_allclose(got_pt, ref[f"met_{tag}"], rtol=2e-5, atol=1e-4, err_msg=tag)
+    up, nominal, down = jets.pt("resoUp"), jets.pt(), jets.pt("resoDown")
+    assert np.all(down < nominal) and np.all(nominal < up)
+    with pytest.raises(ValueError, match="the resolution variations need a model with a resolution head"):
+        _calibration(models).evaluate(events, met_pt, met_phi).met(everything, "resoUp")
+
+
+def test_charged_neutral_split_falls_back_to_the_charge(models: dict[str, str], toy: str) -> None:
+    """pdgId splits charged from neutral where every id is a PF candidate type; any other id reads the charge."""
+    events = _events(toy)
+    jets = _calibration(models).evaluate(events, np.zeros(len(events)), np.zeros(len(events)))
+    rows = np.arange(2000)
+    pid = np.asarray(jets._column("PFCands", "pdgId")).copy()
+    charge = np.asarray(events.PFCands.charge.layout.content.data)
+    np.testing.assert_array_equal(jets._charged("PFCands", rows), charge[rows] != 0)
+    assert ("PFCands", "charge") not in jets._columns  # not read while every id is known
+    pid[7] = 321  # a charged kaon: not a MiniAOD PF candidate type
+    jets._columns[("PFCands", "pdgId")] = pid
+    np.testing.assert_array_equal(jets._charged("PFCands", rows), charge[rows] != 0)
+    assert ("PFCands", "charge") in jets._columns
+
+
+def test_jets_below_min_raw_pt_are_not_corrected(models: dict[str, str], toy: str) -> None:
+    """They stay out of the type-1 MET: the MET equals the reference's with those jets left out."""
+    events = _events(toy)
+    met_pt = np.asarray(events.MET.pt, dtype=np.float64)
+    met_phi = np.asarray(events.MET.phi, dtype=np.float64)
+    threshold = 30.0
+    calib = JetCalibration(models["deep"], met_jet_pt_min=PT_MIN, min_raw_pt=threshold)
+    jets = calib.evaluate(events, met_pt, met_phi)
+    everything = np.ones(len(met_pt), dtype=bool)
+    mx, my = jets.met_xy(everything)
+    soft = jets.raw_pt < threshold
+    assert 0.2 < soft.mean() < 0.8
+    assert np.isnan(jets.correction[soft]).all() and not np.isnan(jets.correction[~soft]).any()
+    ref = _reference(toy, models["deep"])
+    pt_ref = ref["pt"]
+    use = ~soft & (pt_ref > PT_MIN)
+    d = pt_ref[use] - jets.nano_pt[use]
+    ex = met_pt * np.cos(met_phi) - np.bincount(jets.jet_event[use], d * np.cos(jets.phi[use]), len(met_pt))
+    ey = met_pt * np.sin(met_phi) - np.bincount(jets.jet_event[use], d * np.sin(jets.phi[use]), len(met_pt))
+    np.testing.assert_allclose(np.hypot(mx, my), np.hypot(ex, ey), rtol=2e-5, atol=1e-4)
+    assert JetCalibration(models["deep"]).min_raw_pt == 7.5  # met_jet_pt_min / 2 by default

@@ -1,7 +1,10 @@
 """The chain on one Dask cluster: processing on CPU workers, the fit on the worker that declares GPU=1.
 
-References: the fit result equals ``wfit fit`` (the CLI, in-process) on the same workspace bit for bit;
-the processor output equals the Iterative executor's; the task stream says which worker ran what.
+References: the fit result equals ``wfit fit`` (the CLI, in-process) on the same workspace bit for bit,
+and an independent fit (scipy on the numpy NLL, :mod:`tests.reference_fit`) to 2e-5 sigma in the values
+(sqrt(2 EDM) at the EDM tolerance 1e-10 is 1.4e-5 sigma) and 1e-5 in the uncertainties; an Asimov fit
+returns mu = 1, theta = 0; the processor output equals the Iterative executor's; the task stream says
+which worker ran what.
 """
 
 from __future__ import annotations
@@ -37,6 +40,16 @@ def _cli_fit(workspace: Path, out: Path) -> Any:
 
     assert main(["fit", str(workspace), "-o", str(out), "-q"]) == 0
     return read_result(out)
+
+
+def _assert_matches_reference(res: Any, workspace: Path) -> None:
+    from tests.reference_fit import reference_fit
+    from wfit.workspace import read_workspace
+
+    ref = reference_fit(read_workspace(str(workspace)), bb_lite=res.options["bb_lite"])
+    np.testing.assert_allclose((res.values - ref.x) / ref.errors, 0.0, atol=2e-5)
+    np.testing.assert_allclose(res.errors, ref.errors, rtol=1e-5)
+    np.testing.assert_allclose(res.nll, ref.nll, rtol=1e-10)
 
 
 def _assert_same_fit(a: Any, b: Any) -> None:
@@ -126,10 +139,11 @@ def test_chain_fits_on_the_gpu_worker(gpu_client: Any, tmp_path: Path) -> None:
 
     # The fit equals `wfit fit` on the same workspace, bit for bit.
     _assert_same_fit(chain.fit, _cli_fit(Path(chain.workspace), tmp_path / "cli.hdf5"))
+    _assert_matches_reference(chain.fit, Path(chain.workspace))
     assert Path(chain.result_path) == tmp_path / "run" / "fitresult.hdf5"
 
-    # The processing equals coffea's Iterative executor in this process.
-    ref = run_templates(fileset, proc, executor="iterative")
+    # The processing equals the iterative executor's in this process.
+    ref = run_templates(fileset, proc, executor="iterative").output
     for ds in fileset:
         np.testing.assert_array_equal(
             chain.output[ds]["templates_syst"].values(flow=True), ref[ds]["templates_syst"].values(flow=True)
@@ -156,6 +170,19 @@ def test_cpu_opt_in(dask_client: Any, tmp_path: Path) -> None:
     assert res.options["worker"] in dask_client.scheduler_info(n_workers=-1)["workers"]
     assert res.options["resources"] == {}
     _assert_same_fit(res, _cli_fit(ws, tmp_path / "cli.hdf5"))
+    _assert_matches_reference(res, ws)
+    # The options travel to the worker as FitOptions' dict and come back in the result file.
+    from wfit.fitter import FitOptions
+
+    opts = FitOptions(asimov=True, tol=1e-14, seed=2)
+    asimov = fit_on_cluster(dask_client, ws, tmp_path / "asimov.hdf5", options=opts, allow_cpu=True, bb_lite=False)
+    stored = FitOptions.from_dict(asimov.options, strict=False)
+    assert stored == opts.replace(bb_lite=False, device=asimov.options["device"])
+    # Asimov data are the expectation at mu = 1, theta = 0: the fit returns that point
+    np.testing.assert_allclose(asimov.values[: asimov.npoi], 1.0, rtol=1e-7)
+    np.testing.assert_allclose(asimov.values[asimov.npoi :], 0.0, atol=1e-7)
+    with pytest.raises(TypeError, match="unknown fit option"):
+        fit_on_cluster(dask_client, ws, allow_cpu=True, tols=1e-9)
 
 
 def test_lowercase_gpu_resource_is_named(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import uproot
 from wfit.processors import (
     Accumulator,
     AngularCoefficients,
+    IncompleteRunError,
     Leptons,
     TemplateConfig,
     WTemplateProcessor,
@@ -145,7 +146,7 @@ def _processor_view(out: dict, dataset: str, syst: str) -> np.ndarray:
 )
 def test_matches_independent_implementation(fname: str, mc: bool, whole_plane: bool) -> None:
     cfg = TemplateConfig(**(WHOLE_PLANE if whole_plane else {}))
-    out = run_templates({"ds": [str(DATA / fname)]}, WTemplateProcessor(cfg))
+    out = run_templates({"ds": [str(DATA / fname)]}, WTemplateProcessor(cfg)).output
     ref = _reference(DATA / fname, cfg, mc)
     assert int(ref["_count"]) > 0
     assert out["ds"]["kind"] == ({"mc"} if mc else {"data"})
@@ -172,7 +173,7 @@ def test_matches_independent_implementation(fname: str, mc: bool, whole_plane: b
 
 def test_lhe_variations_present_where_branches_exist() -> None:
     cfg = TemplateConfig(**WHOLE_PLANE)
-    out = run_templates({"ds": [str(DATA / "nano_dy.root")]}, WTemplateProcessor(cfg))
+    out = run_templates({"ds": [str(DATA / "nano_dy.root")]}, WTemplateProcessor(cfg)).output
     systs = set(out["ds"]["templates_syst"].axes["syst"])
     assert {"QCDscale_muRUp", "QCDscale_muFDown", "pdf1", "pdf32"} <= systs
     assert "pdf33" not in systs  # 33 members: nominal + 32 variations
@@ -182,7 +183,7 @@ def test_lhe_variations_present_where_branches_exist() -> None:
 def test_missing_variation_branches_are_recorded() -> None:
     out = run_templates(
         {"v5": [str(DATA / "NanoAODv5_sample.root")], "pf": [str(DATA / "pfnano.root")]}, WTemplateProcessor()
-    )
+    ).output
     v5 = out["v5"]["skipped"]
     assert "QCDscale: LHEScaleWeight has 0 entries per event (NanoAODv5_sample.root)" in v5
     assert "pdf: LHEPdfWeight has 0 entries per event (NanoAODv5_sample.root)" in v5
@@ -198,7 +199,7 @@ def test_missing_variation_branches_are_recorded() -> None:
 def test_data_has_no_mc_weights() -> None:
     out = run_templates(
         {"data": [str(DATA / "nano_dimuon.root")]}, WTemplateProcessor(TemplateConfig(**WHOLE_PLANE))
-    )
+    ).output
     res = out["data"]
     assert list(res["templates_syst"].axes["syst"]) == ["nominal"]
     assert res["skipped"] == set()
@@ -208,13 +209,13 @@ def test_data_has_no_mc_weights() -> None:
 
 
 def test_empty_file_adds_nothing() -> None:
-    empty = run_templates({"ds": [str(DATA / "nano_dy_empty.root")]}, WTemplateProcessor())
+    empty = run_templates({"ds": [str(DATA / "nano_dy_empty.root")]}, WTemplateProcessor()).output
     assert empty["ds"]["nevents"] == 0
     assert empty["ds"]["templates"].sum().value == 0.0
     both = run_templates(
         {"ds": [str(DATA / "nano_dy_empty.root"), str(DATA / "nano_dy.root")]}, WTemplateProcessor()
-    )
-    alone = run_templates({"ds": [str(DATA / "nano_dy.root")]}, WTemplateProcessor())
+    ).output
+    alone = run_templates({"ds": [str(DATA / "nano_dy.root")]}, WTemplateProcessor()).output
     np.testing.assert_array_equal(
         both["ds"]["templates"].values(flow=True), alone["ds"]["templates"].values(flow=True)
     )
@@ -223,15 +224,21 @@ def test_empty_file_adds_nothing() -> None:
 
 
 def test_missing_luminosity_block_is_refused() -> None:
-    with pytest.raises(Exception, match="luminosityBlock"):
+    # The runner lists NanoAODSchema's RuntimeError as a failure of the file's chunk, then raises with the list
+    with pytest.raises(IncompleteRunError, match=r"missing_luminosityBlock\.root.*luminosityBlock") as err:
         run_templates({"ds": [str(DATA / "missing_luminosityBlock.root")]}, WTemplateProcessor(), retries=0)
+    assert type(err.value) is IncompleteRunError
+    (failure,) = err.value.run.failures
+    assert failure.stage == "process" and failure.error.startswith("RuntimeError: ")
+    assert "missing event ID fields: ['luminosityBlock']" in failure.error
+    assert err.value.run.processed == []
 
 
 def test_outputs_add_with_plus() -> None:
     p = WTemplateProcessor()
-    a = run_templates({"ds": [str(DATA / "nano_tt_v12.root")]}, p)
-    b = run_templates({"ds": [str(DATA / "NanoAODv5_sample.root")]}, p)
-    both = run_templates({"ds": [str(DATA / "nano_tt_v12.root"), str(DATA / "NanoAODv5_sample.root")]}, p)
+    a = run_templates({"ds": [str(DATA / "nano_tt_v12.root")]}, p).output
+    b = run_templates({"ds": [str(DATA / "NanoAODv5_sample.root")]}, p).output
+    both = run_templates({"ds": [str(DATA / "nano_tt_v12.root"), str(DATA / "NanoAODv5_sample.root")]}, p).output
     s = a + b
     assert isinstance(s, Accumulator)
     for key in ("templates",):
@@ -326,15 +333,20 @@ def test_processors_public_api() -> None:
             "AngularCoefficientsProcessor",
             "ChunkFailure",
             "CurvatureVariation",
+            "JetCacheError",
             "JetCalibration",
             "JetMET",
             "Leptons",
+            "IncompleteRunError",
             "RobustRun",
+            "SYSTEMATICS",
             "Sample",
             "Selection",
             "TemplateConfig",
             "ToyConfig",
+            "UnknownVariationError",
             "WTemplateProcessor",
+            "build_jet_cache",
             "build_workspace",
             "collins_soper_costheta",
             "default_corrections_path",
@@ -347,7 +359,6 @@ def test_processors_public_api() -> None:
             "make_example_corrections",
             "polarization_weights",
             "process_templates",
-            "run_robust",
             "run_templates",
             "select_events",
             "transverse_mass",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rabbit  # noqa: F401  (a test dependency: run or fail, never skip)
 
 from tests.builders import build_random_model, run_rabbit, write_rabbit, write_wfit
 from wfit.fitter import fit_workspace
-
-pytest.importorskip("rabbit")
 
 pytestmark = [
     # rabbit's TensorWriter (through wums) opens os.devnull for a git call and never closes it

@@ -1,4 +1,4 @@
-"""Reliability: bad inputs, a lost worker, interruption and resume (wfit.processors.robust), and a table of
+"""Reliability: bad inputs, a lost worker, interruption and resume (wfit.processors.runner), and a table of
 bad inputs across the stages, each with its clear error or documented recovery, that damages nothing written
 before."""
 
@@ -16,6 +16,7 @@ import hist
 import numpy as np
 import pytest
 import uproot
+import yaml
 
 from wfit.processors import (
     ChunkFailure,
@@ -23,9 +24,10 @@ from wfit.processors import (
     WTemplateProcessor,
     generate_events,
     local_cluster,
-    run_robust,
     run_templates,
 )
+from wfit.processors.runner import FilesetError
+from wfit.workspace import WorkspaceError
 
 NANO = Path(__file__).parent / "data" / "nanoaod"
 JETCALIB = Path(__file__).parent / "data" / "jetcalib"
@@ -41,6 +43,15 @@ def _write_cols(path: Path, cols: dict[str, Any]) -> None:
 
 def _toy_cols(n: int, seed: int) -> dict[str, Any]:
     return generate_events("W", n, np.random.default_rng(seed), is_data=False)
+
+
+def _coffea_runner(fileset: dict[str, list[str]], processor_instance: Any) -> Any:
+    """The output of coffea's own Runner with its Iterative executor: the independent reference."""
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    runner = processor.Runner(executor=processor.IterativeExecutor(), schema=NanoAODSchema, chunksize=500_000)
+    return runner(fileset, processor_instance=processor_instance, treename="Events")
 
 
 def _sha(path: Path) -> str:
@@ -108,7 +119,7 @@ def test_bad_files_are_listed_and_a_rerun_of_them_completes_the_run(tmp_path: Pa
         "toy": [str(toy)],
         "data": [str(NANO / "nano_dimuon.root")],
     }
-    first = run_robust(fileset, WTemplateProcessor())
+    first = run_templates(fileset, WTemplateProcessor(), allow_failures=True)
     failed = {Path(f.file).stem: f for f in first.failures}
     assert sorted(failed) == sorted(bad)
     for name in ("corrupt_header", "not_root", "no_events_tree"):
@@ -118,22 +129,22 @@ def test_bad_files_are_listed_and_a_rerun_of_them_completes_the_run(tmp_path: Pa
     assert failed["no_muon_iso"].stage == "process" and "Muon_pfRelIso04_all" in failed["no_muon_iso"].error
     assert (failed["no_muon_iso"].entrystart, failed["no_muon_iso"].entrystop) == (0, 500)
     for f in first.failures:
-        assert f.file in f.message and "run_robust(previous.failures" in f.message
+        assert f.file in f.message and "run_templates(previous.failures" in f.message
     # The good files alone, through coffea's own Runner (the independent reference).
     good_only = {"dy": [str(NANO / "nano_dy.root")], "toy": [str(toy)], "data": [str(NANO / "nano_dimuon.root")]}
-    _assert_same(first.output, run_templates(good_only, WTemplateProcessor()))
+    _assert_same(first.output, _coffea_runner(good_only, WTemplateProcessor()))
     assert len(first.processed) == 3
 
     # The user replaces five files with good copies and drops the one without luminosityBlock.
     dropped = str(bad.pop("no_lumiblock")[0])
     for _, fix in bad.values():
         fix()
-    rerun = run_robust([f for f in first.failures if f.file != dropped], WTemplateProcessor())
+    rerun = run_templates([f for f in first.failures if f.file != dropped], WTemplateProcessor())
     assert rerun.failures == []
     assert sorted(k.split("|")[1] for k in rerun.processed) == sorted(str(p) for p, _ in bad.values())
     assert set(first.processed).isdisjoint(rerun.processed)
     fileset["dy"].remove(dropped)
-    clean = run_templates(fileset, WTemplateProcessor())  # all files good now
+    clean = _coffea_runner(fileset, WTemplateProcessor())  # all files good now
     _assert_same(first.output + rerun.output, clean, exact=False)
 
 
@@ -141,18 +152,18 @@ def test_rerun_takes_exactly_the_failed_entry_range(tmp_path: Path) -> None:
     toy = tmp_path / "toy.root"
     _write_cols(toy, _toy_cols(3000, seed=5))
     failure = ChunkFailure("toy", str(toy), 1000, 2000, "process", "RuntimeError: injected")
-    part = run_robust([failure], WTemplateProcessor())
+    part = run_templates([failure], WTemplateProcessor())
     assert part.processed == [f"toy|{toy}|1000-2000"]
     assert part.output["toy"]["nevents"] == 1000
-    whole = run_robust({"toy": [str(toy)]}, WTemplateProcessor(), chunksize=1000, align_clusters=False)
+    whole = run_templates({"toy": [str(toy)]}, WTemplateProcessor(), chunksize=1000, align_clusters=False)
     assert len(whole.processed) == 3
-    rest = run_robust(
+    rest = run_templates(
         [ChunkFailure("toy", str(toy), a, b, "process", "") for a, b in ((0, 1000), (2000, 3000))],
         WTemplateProcessor(),
     )
     _assert_same(rest.output + part.output, whole.output, exact=False)
     with pytest.raises(TypeError, match="previous.failures"):
-        run_robust([str(toy)], WTemplateProcessor())  # type: ignore[list-item]
+        run_templates([str(toy)], WTemplateProcessor())  # type: ignore[list-item]
 
 
 # ------------------------------------------------------------------------------ lost worker
@@ -177,10 +188,10 @@ def test_lost_worker_gives_the_clean_histograms(tmp_path: Path) -> None:
     _write_cols(toy, _toy_cols(12000, seed=7))
     fileset = {"toy": [str(toy)]}
     kw = dict(chunksize=2000, align_clusters=False)
-    clean = run_robust(fileset, WTemplateProcessor(), **kw)
+    clean = run_templates(fileset, WTemplateProcessor(), **kw)
     marker = tmp_path / "killed"
     with local_cluster(2) as client:
-        lost = run_robust(fileset, _KillOnce(str(marker)), client=client, **kw)
+        lost = run_templates(fileset, _KillOnce(str(marker)), client=client, **kw)
     assert marker.exists()  # a worker really died
     assert lost.failures == []
     assert lost.processed == clean.processed and len(set(lost.processed)) == 6
@@ -209,11 +220,11 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     _write_cols(toy, _toy_cols(10000, seed=9))
     fileset = {"toy": [str(toy)]}
     kw = dict(chunksize=1000, align_clusters=False)
-    clean = run_robust(fileset, WTemplateProcessor(), **kw)
+    clean = run_templates(fileset, WTemplateProcessor(), **kw)
     assert len(clean.processed) == 10
     ckpt = tmp_path / "run.coffea"
     with pytest.raises(KeyboardInterrupt):
-        run_robust(fileset, _Counting(interrupt_at=4), checkpoint=ckpt, **kw)
+        run_templates(fileset, _Counting(interrupt_at=4), checkpoint=ckpt, **kw)
     from coffea.util import load
 
     state = load(str(ckpt))
@@ -221,14 +232,14 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert state["output"]["toy"]["nevents"] == 3000
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []  # no temporary file left
     resumed_proc = _Counting()
-    resumed = run_robust(fileset, resumed_proc, checkpoint=ckpt, **kw)
+    resumed = run_templates(fileset, resumed_proc, checkpoint=ckpt, **kw)
     assert resumed_proc.calls == 7  # only the chunks that were not done
     assert sorted(resumed.processed) == sorted(clean.processed) and len(set(resumed.processed)) == 10
     _assert_same(resumed.output, clean.output)
     assert sum(resumed.output["toy"]["cutflow"].values()) == sum(clean.output["toy"]["cutflow"].values())
     # A finished checkpoint: a further call processes nothing and returns the same output.
     again_proc = _Counting()
-    again = run_robust(fileset, again_proc, checkpoint=ckpt, **kw)
+    again = run_templates(fileset, again_proc, checkpoint=ckpt, **kw)
     assert again_proc.calls == 0
     _assert_same(again.output, clean.output)
 
@@ -289,11 +300,13 @@ def _processor_file(make: Callable[[Path], Path]) -> Callable[[Path], tuple[Call
 
     def setup(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
         ckpt = tmp / "earlier.coffea"
-        run_robust({"dy": [str(NANO / "nano_dy_empty.root")]}, WTemplateProcessor(), checkpoint=ckpt)
+        run_templates({"dy": [str(NANO / "nano_dy_empty.root")]}, WTemplateProcessor(), checkpoint=ckpt)
         bad = make(tmp)
 
         def call() -> Any:
-            res = run_robust({"dy": [str(bad)]}, WTemplateProcessor(), checkpoint=tmp / "new.coffea")
+            res = run_templates(
+                {"dy": [str(bad)]}, WTemplateProcessor(), checkpoint=tmp / "new.coffea", allow_failures=True
+            )
             assert len(res.failures) == 1 and res.processed == []
             raise RuntimeError(res.failures[0].message)
 
@@ -380,48 +393,192 @@ def _bad_template_config(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
 def _bad_checkpoint(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
     p = tmp / "run.coffea"
     p.write_bytes(b"garbage, not a checkpoint")
-    return (lambda: run_robust({"dy": [str(NANO / "nano_dy_empty.root")]}, WTemplateProcessor(), checkpoint=p)), [p]
+    return (lambda: run_templates({"dy": [str(NANO / "nano_dy_empty.root")]}, WTemplateProcessor(), checkpoint=p)), [p]
 
 
 def _checkpoint_of_changed_file(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
     f = tmp / "dy.root"
     shutil.copy(NANO / "nano_dy_empty.root", f)
     ckpt = tmp / "run.coffea"
-    run_robust({"dy": [str(f)]}, WTemplateProcessor(), checkpoint=ckpt)
+    run_templates({"dy": [str(f)]}, WTemplateProcessor(), checkpoint=ckpt)
     shutil.copy(NANO / "nano_dy.root", f)  # another file (another UUID) at the same path
-    return (lambda: run_robust({"dy": [str(f)]}, WTemplateProcessor(), checkpoint=ckpt)), [ckpt]
+    return (lambda: run_templates({"dy": [str(f)]}, WTemplateProcessor(), checkpoint=ckpt)), [ckpt]
+
+
+# ------------------------------------------------------------------------------ workspace indices and names
+def _strings(name: str, values: list[str]) -> Callable[[Any], None]:
+    def mutate(f: Any) -> None:
+        import h5py
+
+        del f[name]
+        f.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
+
+    return mutate
+
+
+def _group_idxs(idxs: list[list[int]]) -> Callable[[Any], None]:
+    def mutate(f: Any) -> None:
+        import h5py
+
+        del f["hsystgroupidxs"]
+        d = f.create_dataset("hsystgroupidxs", (len(idxs),), dtype=h5py.vlen_dtype(np.dtype("int32")))
+        for i, v in enumerate(idxs):
+            d[i] = np.array(v, dtype=np.int32)
+
+    return mutate
+
+
+def _asym_meta(f: Any) -> None:
+    import json
+
+    meta = json.loads(f["wfit_meta"][()])
+    meta["asymmetric_systs"] = ["shape0", "nosuch"]
+    del f["wfit_meta"]
+    f.create_dataset("wfit_meta", data=json.dumps(meta))
+
+
+def _sparse_case(mutate: Callable[[Any], None]) -> Callable[[Path], tuple[Callable[[], Any], list[Path]]]:
+    def setup(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+        import h5py
+
+        from tests.builders import build_random_model, write_wfit
+        from wfit.workspace import read_workspace
+
+        bad = tmp / "bad.hdf5"
+        write_wfit(build_random_model(seed=1, nshape=4), str(bad), sparse=True)
+        with h5py.File(bad, "a") as f:
+            mutate(f)
+        return (lambda: read_workspace(bad)), []
+
+    return setup
+
+
+def _coo_index(group: str, pos: int, value: int) -> Callable[[Any], None]:
+    def mutate(f: Any) -> None:
+        d = f[f"{group}/indices"]
+        arr = d[...]
+        arr[pos] = value
+        d[...] = arr
+
+    return mutate
+
+
+def _api_fit(mutate: Callable[[Any], None]) -> Callable[[Path], tuple[Callable[[], Any], list[Path]]]:
+    """The same workspace problem through the Python API's fit_workspace."""
+
+    def setup(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+        from wfit.fitter import fit_workspace
+
+        call, protected = _h5_case(mutate)(tmp)
+        return (lambda: fit_workspace(tmp / "bad.hdf5")), protected
+
+    return setup
+
+
+_BAD_WEIGHT = _replace("hconstraintweights", np.array([1.0, 1.0, -1.0, 1.0, 1.0, 1.0]))
+
+
+# ------------------------------------------------------------------------------ filesets
+def _fileset_case(
+    make: Callable[[Path], dict[str, list[str]]], through: str = "run_templates"
+) -> Callable[[Path], tuple[Callable[[], Any], list[Path]]]:
+    def setup(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+        fileset = make(tmp)
+        if through == "run_chain":
+            from wfit.pipeline import run_chain
+
+            # refused before the client is used: no cluster needed to see the error
+            return (
+                lambda: run_chain(None, fileset, WTemplateProcessor(), samples={}, lumi=1.0, workdir=tmp / "w")
+            ), []
+        if through == "process_on_cluster":
+            from wfit.pipeline import process_on_cluster
+
+            return (lambda: process_on_cluster(None, fileset, WTemplateProcessor())), []
+        return (lambda: run_templates(fileset, WTemplateProcessor())), []
+
+    return setup
+
+
+def _dy_copy(tmp: Path) -> Path:
+    d = tmp / "a"
+    d.mkdir(exist_ok=True)
+    p = d / "x.root"
+    shutil.copy(NANO / "nano_dy_empty.root", p)
+    return p
+
+
+def _listed_twice(tmp: Path) -> dict[str, list[str]]:
+    p = str(_dy_copy(tmp))
+    return {"dy": [p, p]}
+
+
+def _relative_and_absolute(tmp: Path) -> dict[str, list[str]]:
+    p = _dy_copy(tmp)
+    return {"dy": [str(p), os.path.relpath(p)]}
+
+
+def _dotdot(tmp: Path) -> dict[str, list[str]]:
+    p = _dy_copy(tmp)
+    return {"dy": [str(p), str(tmp / "a" / ".." / "a" / "x.root")]}
+
+
+def _symlink(tmp: Path) -> dict[str, list[str]]:
+    p = _dy_copy(tmp)
+    (tmp / "link.root").symlink_to(p)
+    return {"dy": [str(p), str(tmp / "link.root")]}
+
+
+def _copied(tmp: Path) -> dict[str, list[str]]:
+    p = _dy_copy(tmp)
+    shutil.copy(p, tmp / "copy.root")
+    return {"dy": [str(p), str(tmp / "copy.root")]}
+
+
+def _directory(tmp: Path) -> dict[str, list[str]]:
+    (tmp / "adir.root").mkdir()
+    return {"dy": [str(_dy_copy(tmp)), str(tmp / "adir.root")]}
+
+
+def _fifo(tmp: Path) -> dict[str, list[str]]:
+    os.mkfifo(tmp / "pipe.root")  # opening it would block: it must be refused from its stat
+    return {"dy": [str(tmp / "pipe.root")]}
 
 
 # name: (setup(tmp) -> (call, files that must keep their bytes), exception, words in the message)
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], type[BaseException], list[str]]] = {
     # workspace reader (wfit.workspace.read_workspace)
-    "workspace not HDF5": (_not_hdf5, Exception, ["x.hdf5", "not a readable HDF5 file"]),
-    "workspace missing dataset": (_h5_case(_delete("hnorm")), Exception, ["bad.hdf5", "'hnorm'", "missing"]),
-    "workspace wrong shape": (_h5_case(_replace("hsumw", np.ones(7))), Exception, ["bad.hdf5", "'hsumw'", "shape"]),
+    "workspace not HDF5": (_not_hdf5, WorkspaceError, ["x.hdf5", "not a readable HDF5 file"]),
+    "workspace missing dataset": (_h5_case(_delete("hnorm")), WorkspaceError, ["bad.hdf5", "'hnorm'", "missing"]),
+    "workspace wrong shape": (
+        _h5_case(_replace("hsumw", np.ones(7))),
+        WorkspaceError,
+        ["bad.hdf5", "'hsumw'", "shape"],
+    ),
     "workspace float32": (
         _h5_case(_replace("hdata_obs", np.ones(20, np.float32))),
-        Exception,
+        WorkspaceError,
         ["bad.hdf5", "'hdata_obs'", "float64"],
     ),
     "workspace NaN": (
         _h5_case(_replace("hnorm", np.where(np.arange(110) == 3, np.nan, 1.0), (22, 5))),
-        Exception,
+        WorkspaceError,
         ["bad.hdf5", "'hnorm'", "NaN"],
     ),
     "workspace bad metadata": (
         _h5_case(_replace("wfit_meta", np.array(b"{not json"))),
-        Exception,
+        WorkspaceError,
         ["bad.hdf5", "'wfit_meta'", "JSON"],
     ),
     # calibration inputs (wfit.calib)
     "calib config unknown key": (_calib_unknown_key, ValueError, ["calib.yaml", "unknown key 'train.epoch'"]),
-    "calib config not YAML": (_calib_bad_yaml, Exception, ["calib.yaml"]),
+    "calib config not YAML": (_calib_bad_yaml, yaml.YAMLError, ["calib.yaml", "line 1, column 8"]),
     "transform.yaml unknown feature": (_transform_unknown_feature, ValueError, ["transform.yaml", "ch_bogus"]),
     "missing shard": (_missing_shard, FileNotFoundError, ["data.yaml", "shards/3.root", "not found"]),
     # jet calibration model (pre-flight at construction)
     "ONNX model missing": (_missing_onnx, FileNotFoundError, ["nope.onnx", "not found", "export_onnx"]),
     "ONNX model not a model": (_not_onnx, ValueError, ["model.onnx", "not a readable ONNX model", "export_onnx"]),
-    # processor inputs (wfit.processors.run_robust): listed failures with file and fix
+    # processor inputs (wfit.processors.run_templates): listed failures with file and fix
     "ROOT header overwritten": (_processor_file(_bad_file("corrupt_header")), RuntimeError, ["corrupt_header.root"]),
     "ROOT truncated": (_processor_file(_bad_file("truncated")), RuntimeError, ["truncated.root"]),
     "not a ROOT file": (_processor_file(_bad_file("not_root")), RuntimeError, ["not_root.root", "uproot.open"]),
@@ -439,6 +596,109 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], type[BaseException], list[str
     "unknown processor option": (_bad_template_config, ValueError, ["TemplateConfig.channel", "'tau'"]),
     "checkpoint not readable": (_bad_checkpoint, ValueError, ["run.coffea", "delete it"]),
     "checkpoint of a changed file": (_checkpoint_of_changed_file, ValueError, ["run.coffea", "dy.root", "UUID"]),
+    # workspace indices, names and constraint weights
+    "workspace group index out of range": (
+        _h5_case(_group_idxs([[0], [1], [2], [3], [4], [0, 99]])),
+        WorkspaceError,
+        ["bad.hdf5", "'hsystgroupidxs'", "[99]", "group 'bkgnorm'", "outside [0, 6)", "rewrite the workspace"],
+    ),
+    "workspace group index negative": (
+        _h5_case(_group_idxs([[0], [1], [2], [3], [-1], [5]])),
+        WorkspaceError,
+        ["bad.hdf5", "'hsystgroupidxs'", "[-1]", "group 'lumi'"],
+    ),
+    "workspace noi index negative": (
+        _h5_case(_replace("hnoiidxs", np.array([-1], np.int32))),
+        WorkspaceError,
+        ["bad.hdf5", "'hnoiidxs'", "[-1]", "outside [0, 6) of hsysts"],
+    ),
+    "workspace noi index out of range": (
+        _h5_case(_replace("hnoiidxs", np.array([6], np.int32))),
+        WorkspaceError,
+        ["bad.hdf5", "'hnoiidxs'", "[6]"],
+    ),
+    "workspace duplicate process": (
+        _h5_case(_strings("hprocs", ["sig0", "sig1", "bkg0", "bkg1", "bkg0"])),
+        WorkspaceError,
+        ["bad.hdf5", "'hprocs'", "['bkg0'] more than once", "rewrite the workspace"],
+    ),
+    "workspace duplicate systematic": (
+        _h5_case(_strings("hsysts", ["shape0", "shape1", "shape2", "shape3", "lumi", "lumi"])),
+        WorkspaceError,
+        ["bad.hdf5", "'hsysts'", "['lumi'] more than once"],
+    ),
+    "workspace duplicate signal": (
+        _h5_case(_strings("hsignals", ["sig0", "sig0"])),
+        WorkspaceError,
+        ["bad.hdf5", "'hsignals'", "['sig0'] more than once"],
+    ),
+    "workspace negative constraint weight": (
+        _h5_case(_BAD_WEIGHT),
+        WorkspaceError,
+        ["bad.hdf5", "'hconstraintweights'", "[-1.0]", "['shape2']", "must be > 0"],
+    ),
+    "workspace infinite constraint weight": (
+        _h5_case(_replace("hconstraintweights", np.array([1.0, np.inf, 1.0, 1.0, 1.0, 1.0]))),
+        WorkspaceError,
+        ["bad.hdf5", "'hconstraintweights'", "infinite"],
+    ),
+    "workspace asymmetric list unknown name": (
+        _h5_case(_asym_meta),
+        WorkspaceError,
+        ["bad.hdf5", "'wfit_meta'", "asymmetric_systs", "'nosuch'", "rewrite the workspace"],
+    ),
+    "sparse norm index out of range": (
+        _sparse_case(_coo_index("hnorm_sparse", 1, 5)),
+        WorkspaceError,
+        ["bad.hdf5", "'hnorm_sparse/indices'", "process indices [5]", "outside [0, 5) of hprocs"],
+    ),
+    "sparse norm bin negative": (
+        _sparse_case(_coo_index("hnorm_sparse", 0, -3)),
+        WorkspaceError,
+        ["bad.hdf5", "'hnorm_sparse/indices'", "bin indices [-3]"],
+    ),
+    "sparse logk column out of range": (
+        _sparse_case(_coo_index("hlogk_sparse", 1, 12)),
+        WorkspaceError,
+        ["bad.hdf5", "'hlogk_sparse/indices'", "column indices [12]", "outside [0, 12)"],
+    ),
+    "sparse logk row negative": (
+        _sparse_case(_coo_index("hlogk_sparse", 0, -1)),
+        WorkspaceError,
+        ["bad.hdf5", "'hlogk_sparse/indices'", "row indices [-1]"],
+    ),
+    "fit_workspace negative constraint weight": (
+        _api_fit(_BAD_WEIGHT),
+        WorkspaceError,
+        ["bad.hdf5", "'hconstraintweights'", "must be > 0"],
+    ),
+    "fit_workspace duplicate process": (
+        _api_fit(_strings("hprocs", ["sig0", "sig1", "bkg0", "bkg1", "bkg0"])),
+        WorkspaceError,
+        ["bad.hdf5", "'hprocs'", "more than once"],
+    ),
+    # filesets (run_templates, process_on_cluster, run_chain): refused before any chunk
+    "fileset file listed twice": (_fileset_case(_listed_twice), FilesetError, ["'dy'", "x.root", "listed twice"]),
+    "fileset relative and absolute": (
+        _fileset_case(_relative_and_absolute),
+        FilesetError,
+        ["'dy'", "as '/", "and '", "list every file once per dataset"],
+    ),
+    "fileset a/../a": (_fileset_case(_dotdot), FilesetError, ["'dy'", "/a/../a/x.root'", "once per dataset"]),
+    "fileset symlink": (_fileset_case(_symlink), FilesetError, ["'dy'", "link.root'", "a/x.root'"]),
+    "fileset same UUID at two paths": (
+        _fileset_case(_copied),
+        FilesetError,
+        ["'dy'", "a/x.root'", "copy.root'", "same ROOT file (file UUID"],
+    ),
+    "fileset directory": (_fileset_case(_directory), FilesetError, ["'dy'", "adir.root'", "a directory"]),
+    "fileset FIFO": (_fileset_case(_fifo), FilesetError, ["'dy'", "pipe.root'", "a FIFO", "regular ROOT file"]),
+    "process_on_cluster file twice": (
+        _fileset_case(_symlink, "process_on_cluster"),
+        FilesetError,
+        ["'dy'", "link.root'", "listed twice"],
+    ),
+    "run_chain directory": (_fileset_case(_directory, "run_chain"), FilesetError, ["adir.root'", "a directory"]),
     # pipeline
     "dask config unknown key": (_bad_dask_key, ValueError, ["bad.yaml", "unknown key 'distributed.worker.resource"]),
 }
@@ -465,11 +725,11 @@ def test_table_has_at_least_twenty_classes() -> None:
 # ------------------------------------------------------------------------------ documented recoveries
 def _rec_empty_file(tmp: Path) -> None:
     """An empty file (zero events) adds zero events: the run equals the run without it."""
-    with_empty = run_robust(
+    with_empty = run_templates(
         {"dy": [str(NANO / "nano_dy_empty.root"), str(NANO / "nano_dy.root")]}, WTemplateProcessor()
     )
     assert with_empty.failures == []
-    _assert_same(with_empty.output, run_templates({"dy": [str(NANO / "nano_dy.root")]}, WTemplateProcessor()))
+    _assert_same(with_empty.output, _coffea_runner({"dy": [str(NANO / "nano_dy.root")]}, WTemplateProcessor()))
 
 
 def _rec_nonfinite(tmp: Path) -> None:
@@ -497,8 +757,8 @@ def _rec_nonfinite(tmp: Path) -> None:
     keep = np.setdiff1d(np.arange(600), bad_rows)
     cols_ref = {k: v[keep] for k, v in cols.items()}
     _write_cols(tmp / "ref.root", cols_ref)
-    got = run_robust({"w": [str(tmp / "bad.root")]}, WTemplateProcessor())
-    ref = run_robust({"w": [str(tmp / "ref.root")]}, WTemplateProcessor())
+    got = run_templates({"w": [str(tmp / "bad.root")]}, WTemplateProcessor())
+    ref = run_templates({"w": [str(tmp / "ref.root")]}, WTemplateProcessor())
     assert got.output["w"]["nonfinite_events"] == 4 and ref.output["w"]["nonfinite_events"] == 0
     assert got.output["w"]["nevents"] == 600
     got.output["w"]["nevents"] -= 4

@@ -8,7 +8,7 @@ import pytest
 from scipy import optimize, stats
 
 from wfit.fitter import Likelihood, fit
-from wfit.fitter.scan import scan, scan2d
+from wfit.fitter.scanning import scan, scan2d
 from wfit.fitter.toys import goodness_of_fit, run_toys
 from wfit.workspace import WorkspaceWriter, read_workspace
 

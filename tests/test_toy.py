@@ -19,7 +19,8 @@ from wfit.processors import (
     run_templates,
     write_toy,
 )
-from wfit.processors.toy import _boson, _decay_cs
+from wfit.processors.kinematics import decay_cs
+from wfit.processors.toy import _boson
 
 # coffea's NanoAODSchema warns about optional cross-reference branches that a toy file lacks.
 
@@ -82,7 +83,7 @@ def test_collins_soper_frame_round_trip() -> None:
     n = 50_000
     boson = _boson(rng, n, ToyConfig(), 80.379, 2.085, np.full(n, 2.0), (50.0, 150.0))
     c = rng.uniform(-1.0, 1.0, n)
-    d1, d2 = _decay_cs(boson, c, rng.uniform(-np.pi, np.pi, n))
+    d1, d2 = decay_cs(boson, c, rng.uniform(-np.pi, np.pi, n))
     np.testing.assert_allclose(d1 + d2, boson, rtol=0, atol=1e-6)
     np.testing.assert_allclose(collins_soper_costheta(d1, d2), c, rtol=0, atol=1e-9)
 
@@ -103,7 +104,7 @@ def test_polarization_weights_analytic() -> None:
 
 def test_injected_angular_coefficients_and_shapes(toy: Path) -> None:
     cfg = TemplateConfig()
-    out = run_templates({"W": [str(toy)]}, AngularCoefficientsProcessor(cfg))
+    out = run_templates({"W": [str(toy)]}, AngularCoefficientsProcessor(cfg)).output
     h = out["W"]["moments"]
     coef = AngularCoefficients.from_moments(h)
     # Measured A0/A4 per |y| bin (pT integrated) against the injected values, within 4 sigma.

@@ -2,7 +2,7 @@
 
 ::
 
-    fileset ──► coffea Runner + DaskExecutor ──► processor output ──► build_workspace ──► workspace.hdf5
+    fileset ──► run_templates, Dask executor ──► processor output ──► build_workspace ──► workspace.hdf5
                 (CPU workers)                     (client)                                   │ path
                                                                                              ▼
     FitResult ◄── read_result ◄── fitresult.hdf5 ◄── fit_workspace on the worker with resources={"GPU": 1}
@@ -34,7 +34,10 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wfit.fitter.options import FitOptions
 
 __all__ = [
     "GPU_RESOURCE",
@@ -198,6 +201,7 @@ def local_chain_cluster(
     host: str | None = None,
     threads_per_worker: int | None = None,
     trim_malloc: bool = False,
+    tensorflow_log: bool = False,
 ) -> Iterator[Any]:
     """A local cluster for the whole chain: CPU workers plus workers that declare ``{"GPU": 1}``.
 
@@ -214,6 +218,8 @@ def local_chain_cluster(
         threads_per_worker: Threads per worker.
         trim_malloc: Keep distributed's ``MALLOC_TRIM_THRESHOLD_`` worker setting (removed by default,
             as in :func:`wfit.processors.local_cluster`: it doubles the cost per chunk).
+        tensorflow_log: Let the workers write TensorFlow's start-up and C++ log lines (the oneDNN notice,
+            the CUDA plugin's cuInit attempt) to the terminal; by default the fit worker imports it quietly.
 
     Yields:
         A ``distributed.Client``; the cluster is closed on exit.
@@ -222,7 +228,8 @@ def local_chain_cluster(
     from distributed import Client, Nanny, Scheduler, SpecCluster
     from distributed.system import MEMORY_LIMIT
 
-    from wfit.processors.processor import worker_settings
+    from wfit.fitter._tf import tf_environ
+    from wfit.processors.cluster import worker_settings
 
     def option(value: Any, key: str) -> Any:
         return (
@@ -243,6 +250,10 @@ def local_chain_cluster(
         "memory_limit": MEMORY_LIMIT // (n_cpu + n_gpu),
         "silence_logs": logging.WARNING,
     }
+    if tensorflow_log:
+        # A Nanny's `env` is set in its worker process over everything inherited, including the quiet
+        # TF_CPP_MIN_LOG_LEVEL that an earlier cluster's pre-spawn environment left in this process.
+        worker["env"] = tf_environ(verbose=True)
     spec = {f"cpu-{i}": {"cls": Nanny, "options": dict(worker)} for i in range(n_cpu)}
     for i in range(n_gpu):
         spec[f"gpu-{i}"] = {"cls": Nanny, "options": {**worker, "resources": {GPU_RESOURCE: 1}}}
@@ -259,7 +270,9 @@ def local_chain_cluster(
     }
     settings = worker_settings(trim_malloc)
     env = settings["distributed.nanny.pre-spawn-environ"]
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, on the fit worker
+    if not tensorflow_log:
+        for key, value in tf_environ(verbose=False).items():  # read where the fit worker imports TensorFlow
+            env.setdefault(key, value)
     with dask.config.set(settings):
         cluster = SpecCluster(workers=spec, scheduler=scheduler, silence_logs=logging.WARNING, name="wfit-chain")
         try:
@@ -292,43 +305,56 @@ def process_on_cluster(
     chunksize: int = 500_000,
     status: bool = True,
     retries: int = 3,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Run a coffea processor over a fileset on the cluster's CPU workers.
 
-    This is :func:`wfit.processors.run_templates` with ``executor="dask"``, with its tasks restricted to
-    the workers that declare no ``GPU`` resource (so that the GPU worker stays free for fits); on a
-    cluster made of GPU workers only, all workers are used.
+    This is :func:`wfit.processors.run_templates` on the Dask executor, with its tasks restricted to the
+    workers that declare no ``GPU`` resource (so that the GPU worker stays free for fits); on a cluster made
+    of GPU workers only, all workers are used. A lost worker's chunks are rescheduled; bad files and chunks
+    are collected and reported together at the end.
 
     Args:
         client: A ``distributed.Client``.
         fileset: ``{dataset: [NanoAOD files]}``; paths that every worker can open.
         processor_instance: The processor (e.g. :class:`wfit.processors.WTemplateProcessor`).
         chunksize: Events per chunk.
-        status: Show coffea's progress bars.
-        retries: Retries of a failed chunk.
+        status: Show progress bars.
+        retries: Retries of a file opening or chunk that raised.
+        checkpoint: File to save progress to and resume an interrupted run from (see ``run_templates``).
 
     Returns:
         The accumulated processor output.
+
+    Raises:
+        wfit.processors.IncompleteRunError: Files or chunks failed; it lists them with what to do, and its
+            ``run`` holds the output of the others and the failures to rerun.
+        wfit.processors.runner.FilesetError: Before any task: a file listed twice in a dataset (under any
+            spelling, or one ROOT file UUID at two paths), or a path that is not a regular file.
     """
     import dask
 
     from wfit.processors import run_templates
+    from wfit.processors.runner import check_fileset
 
+    check_fileset(fileset)  # a file listed twice or a path that is not a file: refused before the cluster
     cpu = _cpu_workers(client) or sorted(_workers(client))
     with dask.annotate(workers=cpu, allow_other_workers=False):
-        return run_templates(
+        run = run_templates(
             fileset,
             processor_instance,
-            executor="dask",
             client=client,
             chunksize=chunksize,
             status=status,
             retries=retries,
+            checkpoint=checkpoint,
         )
+    return run.output
 
 
 def _fit_task(workspace: str, result: str, options: dict[str, Any], topic: str | None) -> dict[str, Any]:
-    """Runs on a worker: fit the workspace file and write the result file (both on shared storage)."""
+    """Runs on a worker: fit the workspace file with ``FitOptions.from_dict(options)`` and write the result
+    file (both on shared storage)."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -337,18 +363,15 @@ def _fit_task(workspace: str, result: str, options: dict[str, Any], topic: str |
             f"worker {worker.address}: no workspace {workspace!r}; the workspace must be on storage that the "
             "client and the workers share (give run_chain/fit_on_cluster a workdir there)"
         )
-    from wfit.fitter import fit_workspace
-    from wfit.fitter._tf import tf
+    # TensorFlow is imported here, quietly unless the worker's environment says otherwise (tf_environ).
+    from wfit.fitter import FitOptions, fit_workspace
 
     def progress(it: int, nll: float, edm: float) -> None:
         if topic is not None:
             worker.log_event(topic, {"iteration": it, "nll": nll, "edm": edm})
 
-    opts = dict(options)
-    seed = opts.pop("seed")
-    tf.random.set_seed(seed)  # as `wfit fit --seed`
-    res = fit_workspace(workspace, callback=progress, **opts)
-    res.options.update({"seed": seed, "worker": worker.address, "resources": dict(worker.state.total_resources)})
+    res = fit_workspace(workspace, FitOptions.from_dict(options), callback=progress)
+    res.options.update({"worker": worker.address, "resources": dict(worker.state.total_resources)})
     res.write(result)
     return {"result": result, "worker": worker.address, "device": res.options.get("device"), "ok": res.ok}
 
@@ -383,29 +406,28 @@ def fit_on_cluster(
     workspace: str | os.PathLike[str],
     result: str | os.PathLike[str] | None = None,
     *,
+    options: FitOptions | None = None,
     allow_cpu: bool = False,
-    asimov: bool = False,
-    bb_lite: bool = True,
-    tol: float = 1e-10,
-    max_iter: int = 200,
-    poi_nonnegative: bool = False,
-    seed: int = 0,
     progress: bool = False,
+    **changes: Any,
 ) -> Any:
     """Fit a workspace file on the cluster's GPU worker and read the result file back.
 
     The task is submitted with ``resources={"GPU": 1}``, so it runs only on a worker that declares that
     resource, one fit per GPU at a time; there :func:`wfit.fitter.fit_workspace` (``device=None``) uses the
-    GPU that TensorFlow sees. The options are those of ``wfit fit`` and give the same result as that
-    command on the same file. Only paths travel: the worker reads ``workspace`` and writes ``result``.
+    GPU that TensorFlow sees. The options are a :class:`wfit.fitter.FitOptions`, as for ``wfit fit``, and
+    give the same result as that command on the same file. Only paths and the options (as a dict) travel:
+    the worker reads ``workspace`` and writes ``result``.
 
     Args:
         client: A ``distributed.Client``.
         workspace: The workspace file, on storage shared by the client and the workers.
         result: The result file (default: ``fitresult.hdf5`` next to the workspace, as ``wfit fit``).
+        options: The :class:`wfit.fitter.FitOptions` (defaults when ``None``).
         allow_cpu: Without a GPU worker, fit on a CPU worker instead of raising :class:`NoGPUWorkerError`.
-        asimov, bb_lite, tol, max_iter, poi_nonnegative, seed: As ``wfit fit``.
         progress: Show a progress bar of the minimisation (events sent by the worker).
+        **changes: Fit options that replace those of ``options``, by name (``asimov=True``); a name
+            that is not a ``FitOptions`` field is a ``TypeError``.
 
     Returns:
         The :class:`wfit.fitter.FitResult`; ``options["worker"]`` is the address of the worker that fitted.
@@ -413,6 +435,9 @@ def fit_on_cluster(
     Raises:
         NoGPUWorkerError: No worker declares ``GPU`` and ``allow_cpu`` is false.
     """
+    from wfit.fitter.options import FitOptions
+
+    fit_options = FitOptions.resolve(options, **changes)  # checked here, not on the worker
     workspace = os.path.abspath(os.fspath(workspace))
     result = (
         os.path.abspath(os.fspath(result))
@@ -420,14 +445,6 @@ def fit_on_cluster(
         else os.path.join(os.path.dirname(workspace), "fitresult.hdf5")
     )
     submit = _placement(client, allow_cpu)
-    options = {
-        "asimov": asimov,
-        "bb_lite": bb_lite,
-        "tol": tol,
-        "max_iter": max_iter,
-        "poi_nonnegative": poi_nonnegative,
-        "seed": seed,
-    }
     topic = f"wfit-fit-{uuid.uuid4().hex}" if progress else None
     bar = None
     if topic is not None:
@@ -443,7 +460,14 @@ def fit_on_cluster(
         client.subscribe_topic(topic, show)
     try:
         future = client.submit(
-            _fit_task, workspace, result, options, topic, pure=False, key=f"wfit-fit-{uuid.uuid4().hex}", **submit
+            _fit_task,
+            workspace,
+            result,
+            fit_options.to_dict(),
+            topic,
+            pure=False,
+            key=f"wfit-fit-{uuid.uuid4().hex}",
+            **submit,
         )
         done = future.result()
     finally:
@@ -495,13 +519,9 @@ def run_chain(
     fakes: bool = False,
     chunksize: int = 500_000,
     status: bool = True,
+    options: FitOptions | None = None,
     allow_cpu: bool = False,
-    asimov: bool = False,
-    bb_lite: bool = True,
-    tol: float = 1e-10,
-    max_iter: int = 200,
-    poi_nonnegative: bool = False,
-    seed: int = 0,
+    **changes: Any,
 ) -> ChainResult:
     """NanoAOD to fit result on one cluster: process (CPU workers), write the workspace, fit (GPU worker).
 
@@ -514,13 +534,17 @@ def run_chain(
         workdir: Folder of ``workspace.hdf5`` and ``fitresult.hdf5``, on storage that the client and the
             workers share.
         chunksize, status: As :func:`process_on_cluster`.
-        allow_cpu, asimov, bb_lite, tol, max_iter, poi_nonnegative, seed: As :func:`fit_on_cluster`.
+        options, allow_cpu, **changes: The fit's options, as :func:`fit_on_cluster`.
 
     Returns:
         A :class:`ChainResult`.
     """
+    from wfit.fitter.options import FitOptions
     from wfit.processors import build_workspace
+    from wfit.processors.runner import check_fileset
 
+    fit_options = FitOptions.resolve(options, **changes)  # a misspelt option fails before the processing
+    check_fileset(fileset)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     # Fail before hours of processing rather than after them.
@@ -542,13 +566,8 @@ def run_chain(
         client,
         ws,
         out,
+        options=fit_options,
         allow_cpu=allow_cpu,
-        asimov=asimov,
-        bb_lite=bb_lite,
-        tol=tol,
-        max_iter=max_iter,
-        poi_nonnegative=poi_nonnegative,
-        seed=seed,
         progress=status,
     )
     return ChainResult(output=output, workspace=str(ws), summary=summary, result_path=str(out), fit=res)

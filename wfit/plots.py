@@ -1,9 +1,9 @@
 """Figures with mplhep: stacked lepton templates, and the drawing helpers of every wfit figure.
 
-Each function returns the figure and, given a path, writes it atomically (temporary file, then
-rename). Figures are ``matplotlib.figure.Figure`` objects, not pyplot's, so a batch job keeps no
-registry of them and a notebook shows the returned figure once. matplotlib and mplhep are imported
-when a function is called, never by ``import wfit``. The fit's figures (pulls, impacts,
+Each function returns the figure and, given a path, writes it atomically (:mod:`wfit.atomic`).
+Figures are ``matplotlib.figure.Figure`` objects, not pyplot's, so a batch job keeps no registry of
+them and a notebook shows the returned figure once. matplotlib and mplhep are imported when a
+function is called, never by ``import wfit``. The fit's figures (pulls, impacts,
 correlations, pre/post-fit) are in :mod:`wfit.fitter.plots`.
 
 Example:
@@ -14,31 +14,23 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from wfit.atomic import atomic_path
+
 __all__ = ["plot_templates"]
 
 
 def _save(fig: Any, path: str | os.PathLike[str] | None) -> None:
+    """Write ``fig`` to ``path`` atomically, in the format its suffix names (PNG without one)."""
     if path is None:
         return
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    fmt = os.path.splitext(os.fspath(path))[1][1:] or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=fmt)
 
 
 def _mpl() -> tuple[Any, Any, Any]:

@@ -1,4 +1,5 @@
-"""Impacts of the nuisances on the POIs, from the covariance at the minimum (rabbit's definitions).
+"""The uncertainty breakdown: impacts of the nuisances on the POIs, from the covariance at the minimum
+(rabbit's definitions).
 
 * Per nuisance ``j``: ``impact_ij = C_ij / sqrt(C_jj)``, the shift of POI ``i`` correlated with a
   one-sigma shift of ``theta_j``.

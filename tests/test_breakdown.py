@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rabbit  # noqa: F401  (a test dependency: run or fail, never skip)
 
 from tests.builders import build_random_model, write_rabbit
 from wfit.fitter import Likelihood, fit
-from wfit.fitter.impacts import impacts
+from wfit.fitter.breakdown import impacts
 from wfit.workspace import read_workspace
 
-pytest.importorskip("rabbit")
 pytestmark = [
     # rabbit's TensorWriter (through wums) opens os.devnull for a git call and never closes it
     pytest.mark.filterwarnings("ignore::ResourceWarning"),

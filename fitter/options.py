@@ -1,0 +1,160 @@
+"""The options of a fit, defined once: :func:`~wfit.fitter.fit_workspace`, ``wfit fit``, the cluster fit
+(:func:`wfit.pipeline.fit_on_cluster`) and :func:`wfit.pipeline.run_chain` all take a :class:`FitOptions`.
+
+A new option is a field here (with its check in ``__post_init__``) and its flag in :mod:`wfit.fitter.cli`;
+everything else (the keyword arguments of the fit functions, the dict sent to a Dask worker, the options
+stored in a result file) follows from the fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["FitOptions"]
+
+# What Likelihood's resolve_device accepts: a name, or a TensorFlow device string ("/GPU:1",
+# "/device:CPU:0", "/job:localhost/replica:0/task:0/device:GPU:0").
+_DEVICE_NAMES = (None, "auto", "cpu", "gpu")
+_TF_DEVICE = re.compile(r"^(/job:[\w-]+(/replica:\d+)?(/task:\d+)?)?/(device:)?(CPU|GPU):\d+$", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """How a workspace is fitted (validated on construction; immutable).
+
+    Attributes:
+        asimov: Fit the Asimov data set (the expected yields at mu = 1, theta = 0) instead of the data.
+        bb_lite: Barlow-Beeston lite treatment of the MC statistical uncertainty.
+        device: ``None`` (or ``"auto"``) for the GPU when TensorFlow sees one, else the CPU; ``"cpu"``,
+            ``"gpu"``, or a TensorFlow device string such as ``"/GPU:1"``.
+        tol: Tolerance on the estimated distance to the minimum (EDM), finite and > 0.
+        max_iter: Iteration limit of the minimiser, an integer >= 1.
+        poi_nonnegative: Keep the POIs (signal strengths mu) >= 0.
+        seed: Seed of TensorFlow's global random generator (``tf.random.set_seed``), an integer >= 0.
+        pseudodata: Fit the pseudo-data set of this name stored in the workspace (``hpseudodatanames``,
+            rabbit's ``--pseudoData``) instead of the data; ``None`` fits the data.
+        covariance_fit: The chi-square fit with the workspace's inverse data covariance
+            (``hdata_cov_inv``, rabbit's ``--covarianceFit``) instead of the Poisson likelihood.
+
+    Example:
+        >>> from wfit.fitter import FitOptions
+        >>> opts = FitOptions(tol=1e-12)
+        >>> opts.replace(asimov=True).asimov
+        True
+        >>> FitOptions.from_dict(opts.to_dict()) == opts
+        True
+        >>> FitOptions(max_iter=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: fit option max_iter=0: the iteration limit must be an integer >= 1
+    """
+
+    asimov: bool = False
+    bb_lite: bool = True
+    device: str | None = None
+    tol: float = 1e-10
+    max_iter: int = 200
+    poi_nonnegative: bool = False
+    seed: int = 0
+    pseudodata: str | None = None
+    covariance_fit: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("asimov", "bb_lite", "poi_nonnegative", "covariance_fit"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "must be True or False")
+        if not (
+            isinstance(self.tol, numbers.Real)
+            and not isinstance(self.tol, bool)
+            and math.isfinite(self.tol)
+            and self.tol > 0
+        ):
+            _fail("tol", self.tol, "the EDM tolerance must be a finite number > 0, e.g. 1e-10")
+        if not _is_int(self.max_iter) or self.max_iter < 1:
+            _fail("max_iter", self.max_iter, "the iteration limit must be an integer >= 1")
+        if not _is_int(self.seed) or self.seed < 0:
+            _fail("seed", self.seed, "the seed must be an integer >= 0")
+        if self.pseudodata is not None and not (isinstance(self.pseudodata, str) and self.pseudodata):
+            _fail("pseudodata", self.pseudodata, "the name of a pseudo-data set in the workspace, or None")
+        if self.pseudodata is not None and self.asimov:
+            _fail("pseudodata", self.pseudodata, "a stored pseudo-data set cannot be fitted with asimov=True")
+        device = self.device
+        if not (
+            device is None
+            or (isinstance(device, str) and (device.lower() in _DEVICE_NAMES or _TF_DEVICE.match(device)))
+        ):
+            _fail("device", device, "allowed: None, 'auto', 'cpu', 'gpu' or a TensorFlow device such as '/GPU:1'")
+        # numpy scalars (e.g. from a parameter grid) become Python numbers: the options go to JSON.
+        object.__setattr__(self, "tol", float(self.tol))
+        object.__setattr__(self, "max_iter", int(self.max_iter))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    @classmethod
+    def resolve(cls, options: FitOptions | None = None, **changes: Any) -> FitOptions:
+        """``options`` (the defaults when ``None``) with ``changes`` applied: what the fit functions do with
+        their ``options`` argument and option keywords.
+
+        Raises:
+            TypeError: ``options`` is not a :class:`FitOptions`, or a name in ``changes`` is not an option.
+            ValueError: A value is not allowed.
+        """
+        if options is None:
+            options = cls()
+        elif not isinstance(options, cls):
+            raise TypeError(
+                f"options must be a FitOptions, got {type(options).__name__}; FitOptions.from_dict(d) makes one "
+                "from a dict"
+            )
+        return options.replace(**changes) if changes else options
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in field order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> FitOptions:
+        """A copy with ``changes`` applied (and validated).
+
+        Raises:
+            TypeError: A name in ``changes`` is not an option.
+            ValueError: A value is not allowed.
+        """
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise TypeError(f"unknown fit option(s) {unknown}; the options are {', '.join(self.names())}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a JSON-able dict (what a Dask task receives and a result file stores)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> FitOptions:
+        """The options from :meth:`to_dict`'s dict; absent options take their defaults.
+
+        Args:
+            data: ``{option: value}``.
+            strict: Refuse keys that are not options. ``strict=False`` skips them, so that the
+                ``options`` of a :class:`~wfit.fitter.FitResult` (which also say where the fit ran:
+                ``worker``, ``resources``) read back.
+
+        Raises:
+            ValueError: An unknown key (with ``strict``), or a value that is not allowed.
+        """
+        unknown = sorted(set(data) - set(cls.names()))
+        if strict and unknown:
+            raise ValueError(f"fit options {dict(data)}: unknown key(s) {unknown}; the options are {cls.names()}")
+        return cls(**{k: v for k, v in data.items() if k in cls.names()})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _fail(name: str, value: Any, rule: str) -> None:
+    raise ValueError(f"fit option {name}={value!r}: {rule}")
