@@ -237,7 +237,7 @@ def test_public_api_is_frozen() -> None:
         "FeatureSpec", "OnnxCalibrator", "Report", "Shard", "SyntheticTruth", "TrainResult", "Transform",
         "TransformError",
         "build_inputs", "build_model", "build_transform", "calibration_report", "default_config_path",
-        "export_onnx", "feature_columns", "flavour_class", "iterate", "load_config", "load_model",
+        "export_onnx", "feature_columns", "flavour_class", "interval_levels", "iterate", "load_config", "load_model",
         "load_transform", "load_truth", "open_data_dir", "pad_constituents", "read_feature_spec",
         "response_summary", "save_transform", "target", "train_model", "wrap_phi", "write_synthetic",
     ]  # fmt: skip

@@ -70,7 +70,7 @@ def test_histogram_names_and_resolution_are_inverse() -> None:
                 v = SYSTEMATICS.resolve(name)
                 assert (v.systematic, v.shift, v.index) == (s, shift, index)
                 assert v.nuisance == s.nuisance(index)
-    assert len(seen) == 14 + 4 * 3  # 14 fixed names, 4 family shifts at 3 indices
+    assert len(seen) == 16 + 4 * 3  # 16 fixed names (jetReso{Up,Down} included), 4 family shifts at 3 indices
     for bad in ("pdf01", "pdf1Up", "muonResolution_eta0Down", "lumi", "effStat", "jetCalib_Up", NOMINAL):
         with pytest.raises(UnknownVariationError, match=repr(bad)):
             SYSTEMATICS.resolve(bad)
