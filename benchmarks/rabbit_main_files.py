@@ -20,13 +20,13 @@ time of both commands (start-up included) with their ratio.
 rabbit main must be importable as ``rabbit`` (the project's own environment has rabbit-fit 0.2.5);
 never as a dependency of the project, e.g. beside it::
 
-    d=$(mktemp -d) && cp -r ../shared/peers/rabbit-main "$d" && \\
+    d=$(mktemp -d) && cp -r RABBIT_MAIN_CHECKOUT "$d/rabbit-main" && \\
         pip install --no-deps --target /tmp/rabbit-main-site "$d/rabbit-main"
-    PYTHONPATH=/tmp/rabbit-main-site python benchmarks/rabbit_main_files.py
+    PYTHONPATH=/tmp/rabbit-main-site python benchmarks/rabbit_main_files.py --rabbit-source RABBIT_MAIN_CHECKOUT
 
 Usage::
 
-    python benchmarks/rabbit_main_files.py [--only default,sparse] [--rabbit-source DIR] [--keep DIR]
+    python benchmarks/rabbit_main_files.py --rabbit-source DIR [--only default,sparse] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -61,12 +61,13 @@ VARIANTS = {
     "pseudodata": ([], None, ["--pseudoData", "original"], ["--pseudodata", "original"]),
 }
 POI_ATOL, ERR_RTOL = 1e-6, 1e-5
-DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "peers" / "rabbit-main"
 INSTALL = """rabbit main is not importable as 'rabbit' (this environment has {found}). Install it beside the
-project, never as its dependency, from the shared copy, and run this script with it on the path:
+project, never as its dependency, from a checkout of rabbit main (WMass/rabbit), and run this script with it
+on the path:
 
-    d=$(mktemp -d) && cp -r {source} "$d" && pip install --no-deps --target /tmp/rabbit-main-site "$d/rabbit-main"
-    PYTHONPATH=/tmp/rabbit-main-site python benchmarks/rabbit_main_files.py
+    d=$(mktemp -d) && cp -r {source} "$d/rabbit-main" && \\
+        pip install --no-deps --target /tmp/rabbit-main-site "$d/rabbit-main"
+    PYTHONPATH=/tmp/rabbit-main-site python benchmarks/rabbit_main_files.py --rabbit-source {source}
 """
 
 
@@ -98,7 +99,7 @@ def _rabbit_result(path: str, result: str | None) -> dict[str, tuple[float, floa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants (default: all)")
-    p.add_argument("--rabbit-source", default=str(DEFAULT_SOURCE), help="rabbit main's source (tests/, bin/)")
+    p.add_argument("--rabbit-source", required=True, help="a checkout of rabbit main (its tests/ and bin/)")
     p.add_argument("--keep", default=None, help="write the tensors and results here (default: a temporary folder)")
     args = p.parse_args(argv)
     source = Path(args.rabbit_source)
