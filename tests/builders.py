@@ -88,7 +88,8 @@ def build_random_model(
     return m
 
 
-def write_wfit(m: Model, path: str, *, rabbit_meta: bool = False, sparse: bool = False) -> None:
+def write_wfit(m: Model, path: str, *, rabbit_meta: bool = False, sparse: bool = False, **write_options) -> None:
+    """Write ``m`` with wfit's writer; ``write_options`` go to ``WorkspaceWriter.write`` (e.g. compression)."""
     from wfit.workspace import WorkspaceWriter
 
     w = WorkspaceWriter(sparse=sparse)
@@ -103,7 +104,7 @@ def write_wfit(m: Model, path: str, *, rabbit_meta: bool = False, sparse: bool =
         w.add_norm_systematic(name, list(kappas), None, kappas)
     for c, d in m.data.items():
         w.add_data(c, m.hist(c, d))
-    w.write(path, rabbit_meta=rabbit_meta)
+    w.write(path, rabbit_meta=rabbit_meta, **write_options)
 
 
 def write_rabbit(

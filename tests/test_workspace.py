@@ -232,20 +232,8 @@ def test_compressed_workspace_reads_back_identical(tmp_path, compression):
     m = build_random_model(seed=6)
     write_wfit(m, str(tmp_path / "gzip.hdf5"))
     ref = read_workspace(tmp_path / "gzip.hdf5")
-    w = WorkspaceWriter()
-    for c, info in m.channels.items():
-        w.add_channel(c, info["axes"], masked=info["masked"])
-    for (c, p), vals in m.nominal.items():
-        w.add_process(p, c, m.hist(c, vals, m.sumw2[(c, p)]), signal=p in m.signals)
-    for name, per in m.shape.items():
-        for (c, p), (up, down) in per.items():
-            w.add_shape_systematic(name, p, c, m.hist(c, up), None if down is None else m.hist(c, down))
-    for name, kappas in m.lnn.items():
-        w.add_norm_systematic(name, list(kappas), None, kappas)
-    for c, d in m.data.items():
-        w.add_data(c, m.hist(c, d))
     path = tmp_path / f"{compression}.hdf5"
-    w.write(path, compression=compression, compression_level=5)
+    write_wfit(m, str(path), compression=compression, compression_level=5)
     with h5py.File(path) as f:
         expected = dataset_options(compression, 5).get("compression")
         assert (str(expected) in f["hlogk"]._filters) if expected else not f["hlogk"]._filters
@@ -253,5 +241,5 @@ def test_compressed_workspace_reads_back_identical(tmp_path, compression):
     for field in ("norm", "logk_avg", "logk_halfdiff", "sumw", "sumw2", "data_obs", "constraint_weights"):
         np.testing.assert_array_equal(getattr(ws, field), getattr(ref, field), err_msg=field)
     with pytest.raises(WorkspaceError, match="compression='bzip9' is not known; choose one of gzip, blosc2"):
-        w.write(tmp_path / "x.hdf5", compression="bzip9")
+        write_wfit(m, str(tmp_path / "x.hdf5"), compression="bzip9")
     assert not (tmp_path / "x.hdf5").exists()
