@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -191,3 +192,34 @@ def test_fit_options_are_checked(ws_path, capsys):
     # the CLI refuses the same values, with exit code 2 and the option named
     assert main(["fit", ws_path, "--tol", "-1", "-q"]) == 2
     assert "fit option tol=-1.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--pseudodata", "nope"], "no pseudo-data set 'nope'"),
+        (["-o", "{ws}"], "is the input workspace"),
+        (["-o", "{link}"], "is the input workspace"),
+        (["-o", "/proc/no-such-folder/r.hdf5"], "-o: cannot create the folder /proc/no-such-folder"),
+        (["--plots", "/proc/no-such-folder"], "--plots: cannot create the folder /proc/no-such-folder"),
+        (["--scan", "nosuch"], "--scan: no parameter 'nosuch'"),
+        (["--tol", "nan"], "fit option tol=nan"),
+        (["--max-iter", "0"], "fit option max_iter=0"),
+    ],
+    ids=["pseudodata", "o-is-input", "o-is-input-by-link", "o-folder", "plots-folder", "scan", "tol", "max-iter"],
+)
+def test_cli_bad_options_fail_before_the_fit(ws_path, tmp_path, capsys, args, words):
+    """Exit 2 with one line naming the option, before any fitting: the input is untouched, nothing written."""
+    link = tmp_path / "same.hdf5"
+    link.symlink_to(ws_path)
+    before = hashlib.sha256(Path(ws_path).read_bytes()).hexdigest()
+    out = tmp_path / "r.hdf5"
+    argv = [a.format(ws=ws_path, link=link) for a in args]
+    if "-o" not in argv:
+        argv += ["-o", str(out)]
+    assert main(["fit", ws_path, *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err
+    assert "fitting on" not in err and "Traceback" not in err  # stopped before the fit started
+    assert not out.exists()
+    assert hashlib.sha256(Path(ws_path).read_bytes()).hexdigest() == before
