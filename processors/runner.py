@@ -51,6 +51,7 @@ import dataclasses
 import os
 import stat
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -221,7 +222,12 @@ def process_chunk(item: Any, processor_instance: Any) -> Any:
         "fileuuid": str(uuid.UUID(bytes=item.fileuuid)) if len(item.fileuuid) else "",
     }
     branches = getattr(processor_instance, "branches", None)
-    with uproot.open({item.filename: None}) as f:
+    with uproot.open({item.filename: None}) as f, warnings.catch_warnings():
+        # NanoAODSchema warns, once per chunk and worker, about optional cross-references that a file lacks
+        # and about the Photon mass/charge it overwrites (NanoAOD v15); processors that need such a
+        # collection fail on it by name. Keep the user's terminal for what matters.
+        warnings.filterwarnings("ignore", "Missing cross-reference", RuntimeWarning, "coffea.nanoevents")
+        warnings.filterwarnings("ignore", "Branch Photon_.* already exists", RuntimeWarning, "coffea.nanoevents")
         events = NanoEventsFactory.from_root(
             file=f,
             treepath=item.treename,
