@@ -489,14 +489,14 @@ def test_charged_neutral_split_falls_back_to_the_charge(models: dict[str, str], 
     events = _events(toy)
     jets = _calibration(models).evaluate(events, np.zeros(len(events)), np.zeros(len(events)))
     rows = np.arange(2000)
-    pid = np.asarray(jets._column("PFCands", "pdgId")).copy()
+    pid = np.asarray(jets._inputs._column("PFCands", "pdgId")).copy()
     charge = np.asarray(events.PFCands.charge.layout.content.data)
-    np.testing.assert_array_equal(jets._charged("PFCands", rows), charge[rows] != 0)
-    assert ("PFCands", "charge") not in jets._columns  # not read while every id is known
+    np.testing.assert_array_equal(jets._inputs._charged("PFCands", rows), charge[rows] != 0)
+    assert ("PFCands", "charge") not in jets._inputs._columns  # not read while every id is known
     pid[7] = 321  # a charged kaon: not a MiniAOD PF candidate type
-    jets._columns[("PFCands", "pdgId")] = pid
-    np.testing.assert_array_equal(jets._charged("PFCands", rows), charge[rows] != 0)
-    assert ("PFCands", "charge") in jets._columns
+    jets._inputs._columns[("PFCands", "pdgId")] = pid
+    np.testing.assert_array_equal(jets._inputs._charged("PFCands", rows), charge[rows] != 0)
+    assert ("PFCands", "charge") in jets._inputs._columns
 
 
 def test_jets_below_min_raw_pt_are_not_corrected(models: dict[str, str], toy: str) -> None:
