@@ -22,23 +22,10 @@ from wfit.pipeline import load_dask_config, local_chain_cluster
 
 CONFIGS = Path(__file__).resolve().parent.parent / "dask_configs"
 
-# dask-jobqueue 0.9 (jobqueue.yaml): keys of every section, and those of HTCondor and SLURM.
-_JOBQUEUE_COMMON = {
-    "name", "cores", "memory", "processes", "python", "interface", "death-timeout", "local-directory",
-    "shared-temp-directory", "extra", "worker-command", "worker-extra-args", "env-extra", "job-script-prologue",
-    "job-extra", "job-extra-directives", "job-directives-skip", "log-directory", "shebang", "scheduler-options",
-}  # fmt: skip
-_JOBQUEUE_KEYS = {
-    "htcondor": _JOBQUEUE_COMMON | {"disk", "submit-command-extra", "cancel-command-extra"},
-    "slurm": _JOBQUEUE_COMMON | {"queue", "account", "walltime", "job-cpu", "job-mem"},
-}
-
-
 def _jobqueue_keys(system: str) -> set[str]:
-    try:
-        import dask_jobqueue
-    except ImportError:
-        return _JOBQUEUE_KEYS[system]
+    """The keys dask-jobqueue defines for a batch system (its own jobqueue.yaml)."""
+    import dask_jobqueue
+
     with open(Path(dask_jobqueue.__file__).parent / "jobqueue.yaml") as f:
         return set(yaml.safe_load(f)["jobqueue"][system])
 
@@ -101,6 +88,8 @@ def test_jobqueue_configs(system: str) -> None:
     for section in (system, f"{system}-gpu"):
         have = {k.split(".")[2] for k in cfg if k.startswith(f"jobqueue.{section}.")}
         assert have and have <= keys, sorted(have - keys)
+        if section != system:  # every key that dask-jobqueue reads: a section of ours has no defaults behind it
+            assert have == keys, sorted(keys - have)
         assert cfg[f"jobqueue.{section}.processes"] >= 1
     assert cfg[f"jobqueue.{system}.worker-extra-args"] == []
     assert cfg[f"jobqueue.{system}-gpu.worker-extra-args"] == ["--resources", "GPU=1"]
@@ -172,3 +161,48 @@ def test_unknown_keys_and_names_are_errors(tmp_path: Path) -> None:
         load_dask_config(bad)
     with pytest.raises(FileNotFoundError, match="WFIT_DASK_CONFIGS"):
         load_dask_config("no-such-config")
+
+
+def _job_script(system: str, section: str) -> str:
+    """The job script (submit description) that dask-jobqueue renders from a section of the shipped file."""
+    from dask_jobqueue.htcondor import HTCondorJob
+    from dask_jobqueue.slurm import SLURMJob
+
+    job = {"htcondor": HTCondorJob, "slurm": SLURMJob}[system]
+    with dask.config.set(load_dask_config(system)):
+        return job(scheduler="tcp://127.0.0.1:8786", name="wfit", config_name=section).job_script()
+
+
+@pytest.mark.parametrize("section", ["htcondor", "htcondor-gpu"])
+def test_htcondor_job_scripts_parse_as_submit_descriptions(section: str) -> None:
+    """HTCondor's own parser (htcondor2.Submit) reads the rendered file, with the resources the section asks."""
+    import htcondor2
+
+    sub = htcondor2.Submit(_job_script("htcondor", section))
+    cfg = load_dask_config("htcondor")
+    cores, nproc = cfg[f"jobqueue.{section}.cores"], cfg[f"jobqueue.{section}.processes"]
+    memory = dask.utils.parse_bytes(cfg[f"jobqueue.{section}.memory"])
+    assert sub["Executable"] == "/bin/sh"
+    assert (sub["MY.DaskWorkerCores"], sub["MY.DaskWorkerMemory"]) == (str(cores), str(memory))
+    assert sub["RequestCpus"] == "MY.DaskWorkerCores" and sub["MY.JobFlavour"] == '"workday"'
+    args = sub["Arguments"]
+    assert f"--nworkers {nproc}" in args or nproc == 1
+    assert f"--nthreads {cores // nproc}" in args
+    if section.endswith("-gpu"):
+        assert sub["request_gpus"] == "1" and "--resources GPU=1" in args
+    else:
+        assert "request_gpus" not in sub.keys() and "--resources" not in args
+
+
+@pytest.mark.parametrize("section", ["slurm", "slurm-gpu"])
+def test_slurm_job_scripts_are_bash_with_the_directives(section: str, tmp_path: Path) -> None:
+    script = _job_script("slurm", section)
+    path = tmp_path / "job.sh"
+    path.write_text(script)
+    subprocess.run(["bash", "-n", str(path)], check=True)  # bash's own syntax check
+    directives = [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("#SBATCH")]
+    cfg = load_dask_config("slurm")
+    assert f"-p {cfg[f'jobqueue.{section}.queue']}" in directives
+    assert f"--cpus-per-task={cfg[f'jobqueue.{section}.cores']}" in directives
+    assert ("--gres=gpu:1" in directives) == section.endswith("-gpu")
+    assert ("--resources GPU=1" in script) == section.endswith("-gpu")
