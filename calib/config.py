@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from wfit.yamlfile import safe_load
+
 __all__ = ["CalibConfig", "ConfigError", "default_config_path", "load_config"]
 
 
@@ -227,13 +229,13 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
 
     default = default_config_path()
     with open(default) as f:
-        data = yaml.safe_load(f)
+        data = safe_load(f, source=str(default))
     sources = [default]
     layers = []
     if path is not None:
         try:
             with fsspec.open(str(path), "r") as f:
-                layers.append((yaml.safe_load(f) or {}, str(path)))
+                layers.append((safe_load(f, source=str(path)) or {}, str(path)))
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: calibration config not found") from None
     if overrides:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import awkward as ak
 import numpy as np
-import yaml
+
+from wfit.yamlfile import safe_load
 
 from .transform import Transform, load_transform
 
@@ -130,7 +131,7 @@ def open_data_dir(location: str, check_shards: bool = True) -> DataDir:
     data_path = _join(location, "data.yaml")
     try:
         with fsspec.open(data_path, "r") as f:
-            entries = yaml.safe_load(f)
+            entries = safe_load(f, source=data_path)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{data_path}: not found; a data directory needs data.yaml listing its shards "

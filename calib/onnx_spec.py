@@ -279,7 +279,8 @@ def read_feature_spec(path: str | os.PathLike[str]) -> FeatureSpec:
         wfit.calib.features.FeatureError: The specification itself is malformed (naming the field).
     """
     import onnx
-    import yaml
+
+    from wfit.yamlfile import safe_load
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -306,7 +307,7 @@ def read_feature_spec(path: str | os.PathLike[str]) -> FeatureSpec:
     sidecar = sidecar_path(path)
     if os.path.exists(sidecar):
         with open(sidecar, encoding="utf-8") as f:
-            side = FeatureSpec.from_dict(yaml.safe_load(f), source=sidecar)
+            side = FeatureSpec.from_dict(safe_load(f, source=str(sidecar)), source=sidecar)
         if spec is None:
             spec, where = side, sidecar
         elif side.to_dict() != spec.to_dict():

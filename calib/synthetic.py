@@ -38,6 +38,7 @@ import numpy as np
 import yaml
 
 from wfit.atomic import atomic_path, write_text
+from wfit.yamlfile import safe_load
 
 from .data import TREE_NAME, iterate
 from .features import derived_feature, feature_columns, wrap_phi
@@ -218,7 +219,7 @@ def load_truth(location: str) -> SyntheticTruth:
     """Read ``truth.yaml`` written by :func:`write_synthetic`."""
     path = os.path.join(location, "truth.yaml")
     with open(path) as f:
-        d = yaml.safe_load(f)
+        d = safe_load(f, source=path)
     d["pt_range"] = tuple(d["pt_range"])
     return SyntheticTruth(**d)
 

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from wfit.yamlfile import safe_load
+
 __all__ = [
     "STEP_TYPES",
     "Transform",
@@ -220,7 +222,7 @@ def load_transform(path: str) -> Transform:
 
     try:
         with fsspec.open(path, "r") as f:
-            data = yaml.safe_load(f)
+            data = safe_load(f, source=str(path))
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path}: transform file not found; write one with wfit.calib.build_transform"

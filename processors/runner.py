@@ -228,7 +228,7 @@ def process_chunk(item: Any, processor_instance: Any) -> Any:
         # collection fail on it by name. Keep the user's terminal for what matters.
         warnings.filterwarnings("ignore", "Missing cross-reference", RuntimeWarning, "coffea.nanoevents")
         warnings.filterwarnings("ignore", "Branch Photon_.* already exists", RuntimeWarning, "coffea.nanoevents")
-        events = NanoEventsFactory.from_root(
+        factory = NanoEventsFactory.from_root(
             file=f,
             treepath=item.treename,
             schemaclass=NanoAODSchema,
@@ -237,11 +237,53 @@ def process_chunk(item: Any, processor_instance: Any) -> Any:
             entry_start=item.entrystart,
             entry_stop=item.entrystop,
             preload=branches(item.dataset) if branches is not None else None,
-        ).events()
-        out = processor_instance.process(events)
+        )
+        check_counters(_preloaded(factory), item.filename, item.entrystart, item.entrystop)
+        out = processor_instance.process(factory.events())
     if out is None:
         raise ValueError(f"{type(processor_instance).__name__}.process returned None: return an accumulator")
     return out
+
+
+def _preloaded(factory: Any) -> dict[str, Any]:
+    """The arrays of a NanoEvents factory's bulk read (uproot's, each jagged branch with its own offsets)."""
+    arrays = getattr(getattr(factory, "_mapping", None), "preloaded_arrays", None) or {}
+    return {name: getattr(a, "_array", a) for name, a in arrays.items()}
+
+
+def check_counters(arrays: Mapping[str, Any], filename: str, start: int, stop: int) -> None:
+    """Check that every jagged branch ``<Coll>_<field>`` has, in every entry, as many values as its
+    collection's counter ``n<Coll>`` says.
+
+    NanoEvents builds a collection from the counter's offsets and each branch's flat values, so a file whose
+    counts disagree (written by a broken skimmer or merger) would attach values to the wrong objects without
+    an error; uproot reads each jagged branch with the offsets stored beside its own values.
+
+    Raises:
+        ValueError: Naming the file, the entry range, the branch, the first disagreeing entry and the fix.
+    """
+    import awkward as ak
+    import numpy as np
+
+    for counter, values in arrays.items():
+        coll = counter[1:]
+        if not counter.startswith("n") or not coll:
+            continue
+        n = None
+        for name, branch in arrays.items():
+            if not name.startswith(coll + "_") or getattr(branch, "ndim", 1) < 2:
+                continue
+            if n is None:
+                n = np.asarray(values, dtype=np.int64)
+            own = np.asarray(ak.num(branch, axis=1), dtype=np.int64)
+            bad = np.flatnonzero(own != n) if len(own) == len(n) else np.array([0])
+            if len(bad):
+                e = int(bad[0])
+                raise ValueError(
+                    f"file {filename!r}, entries [{start}, {stop}): branch {name!r} has {own[e]} values in entry "
+                    f"{start + e} but {counter!r} says {n[e]} ({len(bad)} entries disagree); the file is "
+                    "inconsistent (a broken skim or merge): regenerate it, or leave it out of the fileset"
+                )
 
 
 def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], retries: int) -> Any:

@@ -34,8 +34,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,6 +66,36 @@ class Sample:
     def __post_init__(self) -> None:
         if self.kind not in ("signal", "background", "data"):
             raise ValueError(f"Sample.kind must be 'signal', 'background' or 'data', got {self.kind!r}")
+        # A zero or negative cross section would scale the process away (or flip it) without a word.
+        usable = isinstance(self.xsec, (int, float)) and math.isfinite(self.xsec) and self.xsec > 0
+        if self.kind != "data" and not usable:
+            name = f" of process {self.process!r}" if self.process else ""
+            raise ValueError(
+                f"Sample({self.kind!r}).xsec{name} must be a finite cross section > 0 pb, got {self.xsec!r}; "
+                "leave a process that does not contribute out of samples"
+            )
+
+
+def check_samples(samples: Mapping[str, Any], datasets: Iterable[str], lumi: float) -> None:
+    """Check the samples of a workspace against the datasets that will be processed, before the processing.
+
+    Raises:
+        TypeError: A value that is not a :class:`Sample`.
+        KeyError: A sample whose dataset is not processed (naming it and the datasets).
+        ValueError: A luminosity that is not a finite number > 0, or no MC sample.
+    """
+    if not (isinstance(lumi, (int, float)) and math.isfinite(lumi) and lumi > 0):
+        raise ValueError(f"lumi must be a finite integrated luminosity > 0 (1/pb), got {lumi!r}")
+    have = set(datasets)
+    for ds, sample in samples.items():
+        if not isinstance(sample, Sample):
+            raise TypeError(f"samples[{ds!r}] must be a wfit.processors.Sample, got {type(sample).__name__}")
+        if ds not in have:
+            raise KeyError(
+                f"samples[{ds!r}]: no such dataset in the fileset (has {sorted(have)}); add its files or remove it"
+            )
+    if not any(s.kind != "data" for s in samples.values()):
+        raise ValueError(f"samples {sorted(samples)} hold no MC (signal or background) dataset: a fit needs one")
 
 
 def _project(h: hist.Hist) -> hist.Hist:
@@ -245,6 +276,7 @@ def build_workspace(
     from wfit.workspace import WorkspaceWriter
 
     cfg = config or TemplateConfig()
+    check_samples(samples, output, lumi)
     templates, signals, data = process_templates(output, samples, cfg, lumi)
     keep_all = systematics is True
     groups_kept = set() if systematics is False else (None if keep_all else set(systematics))

@@ -20,6 +20,7 @@ import yaml
 
 from wfit.processors import (
     ChunkFailure,
+    Sample,
     TemplateConfig,
     WTemplateProcessor,
     generate_events,
@@ -28,6 +29,7 @@ from wfit.processors import (
 )
 from wfit.processors.runner import FilesetError
 from wfit.workspace import WorkspaceError
+from wfit.yamlfile import DuplicateKeyError
 
 NANO = Path(__file__).parent / "data" / "nanoaod"
 JETCALIB = Path(__file__).parent / "data" / "jetcalib"
@@ -545,6 +547,85 @@ def _fifo(tmp: Path) -> dict[str, list[str]]:
     return {"dy": [str(tmp / "pipe.root")]}
 
 
+# ------------------------------------------------------------------------------ YAML keys given twice
+def _calib_duplicate_key(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+    from wfit.calib import load_config
+
+    p = tmp / "calib.yaml"
+    p.write_text("train:\n  epochs: 2\n  batch_size: 64\n  epochs: 3\n")
+    return (lambda: load_config(str(p))), [p]
+
+
+def _data_yaml_duplicate_key(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+    from wfit.calib import open_data_dir
+
+    d = _calib_copy(tmp)
+    text = (d / "data.yaml").read_text()
+    (d / "data.yaml").write_text(text.replace("  count: 10\n", "  count: 10\n  count: 20\n", 1))
+    return (lambda: open_data_dir(str(d))), [d / "data.yaml", d / "transform.yaml"]
+
+
+def _transform_duplicate_key(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+    from wfit.calib import open_data_dir
+
+    d = _calib_copy(tmp)
+    text = (d / "transform.yaml").read_text()
+    (d / "transform.yaml").write_text(text + "categorical:\n  ch_id: [-211, 211]\n")
+    return (lambda: open_data_dir(str(d))), [d / "data.yaml", d / "transform.yaml"]
+
+
+def _dask_duplicate_key(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+    from wfit.pipeline import load_dask_config
+
+    p = tmp / "cluster.yaml"
+    p.write_text("distributed:\n  worker:\n    resources:\n      GPU: 1\n      GPU: 2\n")
+    return (lambda: load_dask_config(p)), [p]
+
+
+# ------------------------------------------------------------------------------ samples and luminosity
+def _sample(kind: str, xsec: float, process: str | None = None) -> Callable[[Path], tuple[Callable[[], Any], list]]:
+    def setup(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+        from wfit.processors import Sample
+
+        return (lambda: Sample(kind, xsec=xsec, process=process)), []  # type: ignore[arg-type]
+
+    return setup
+
+
+def _build(samples: dict[str, Any], lumi: float) -> Callable[[Path], tuple[Callable[[], Any], list[Path]]]:
+    """build_workspace on a real processor output (a Drell-Yan file): refused before anything is written."""
+
+    def setup(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+        from wfit.processors import build_workspace
+
+        output = run_templates({"dy": [str(NANO / "nano_dy.root")]}, WTemplateProcessor()).output
+        ws = tmp / "ws.hdf5"
+        ws.write_bytes(b"an earlier workspace")
+
+        def call() -> Any:
+            build_workspace(output, ws, samples=samples, lumi=lumi)
+
+        return call, [ws]
+
+    return setup
+
+
+def _counter_mismatch(tmp: Path) -> Path:
+    """A toy whose nMuon disagrees with the Muon branches' own counts in two entries (same total): NanoEvents
+    alone would attach the muons of one event to the other."""
+    cols = _toy_cols(500, seed=11)
+    n = np.asarray(ak.num(cols["Muon"], axis=1))
+    wrong = n.copy()
+    i = int(np.flatnonzero(n != n[0])[0])
+    wrong[[0, i]] = wrong[[i, 0]]
+    cols = dict(cols, nMuon=wrong.astype(np.int32))
+    p = tmp / "counts.root"
+    with uproot.recreate(p) as f:
+        types = {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in cols.items()}
+        f.mktree("Events", types, counter_name=lambda c: "nMuonStored" if c == "Muon" else f"n{c}").extend(cols)
+    return p
+
+
 # name: (setup(tmp) -> (call, files that must keep their bytes), exception, words in the message)
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], type[BaseException], list[str]]] = {
     # workspace reader (wfit.workspace.read_workspace)
@@ -592,6 +673,11 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], type[BaseException], list[str
         _processor_file(_bad_file("no_lumiblock")),
         RuntimeError,
         ["no_lumiblock.root", "luminosityBlock"],
+    ),
+    "jagged counts disagree with the counter": (
+        _processor_file(_counter_mismatch),
+        RuntimeError,
+        ["counts.root", "entries [0, 500)", "'nMuon' says", "2 entries disagree", "regenerate it"],
     ),
     "unknown processor option": (_bad_template_config, ValueError, ["TemplateConfig.channel", "'tau'"]),
     "checkpoint not readable": (_bad_checkpoint, ValueError, ["run.coffea", "delete it"]),
@@ -699,6 +785,37 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], type[BaseException], list[str
         ["'dy'", "link.root'", "listed twice"],
     ),
     "run_chain directory": (_fileset_case(_directory, "run_chain"), FilesetError, ["adir.root'", "a directory"]),
+    # YAML documents with a key given twice (wfit.yamlfile)
+    "calib config duplicate key": (
+        _calib_duplicate_key,
+        DuplicateKeyError,
+        ["calib.yaml", "key 'epochs' is given twice", "lines 2 and 4", "keep one"],
+    ),
+    "data.yaml duplicate key": (_data_yaml_duplicate_key, DuplicateKeyError, ["data.yaml", "'count'", "lines 2 and 3"]),
+    "transform.yaml duplicate key": (
+        _transform_duplicate_key,
+        DuplicateKeyError,
+        ["transform.yaml", "key 'categorical' is given twice"],
+    ),
+    "dask config duplicate key": (_dask_duplicate_key, DuplicateKeyError, ["cluster.yaml", "'GPU'", "lines 4 and 5"]),
+    # cross sections, samples and luminosity (wfit.processors.Sample, build_workspace, run_chain)
+    "background cross section zero": (
+        _sample("background", 0.0),
+        ValueError,
+        ["Sample('background').xsec", "finite cross section > 0 pb", "got 0.0", "leave a process"],
+    ),
+    "background cross section negative": (
+        _sample("background", -5.0, "ttbar"),
+        ValueError,
+        ["xsec of process 'ttbar'", "got -5.0"],
+    ),
+    "signal cross section NaN": (_sample("signal", float("nan")), ValueError, ["Sample('signal').xsec", "got nan"]),
+    "sample of no processed dataset": (
+        _build({"ttbar": Sample("background", xsec=1.0)}, 1.0),
+        KeyError,
+        ["samples['ttbar']", "no such dataset", "['dy']"],
+    ),
+    "luminosity negative": (_build({"dy": Sample("background", xsec=1.0)}, -1.0), ValueError, ["lumi", "> 0", "-1.0"]),
     # pipeline
     "dask config unknown key": (_bad_dask_key, ValueError, ["bad.yaml", "unknown key 'distributed.worker.resource"]),
 }
@@ -718,8 +835,8 @@ def test_bad_input_gives_a_clear_error_and_damages_nothing(tmp_path: Path, case:
         assert _sha(p) == sha, (case, p)
 
 
-def test_table_has_at_least_twenty_classes() -> None:
-    assert len(BAD_INPUTS) + len(RECOVERIES) >= 20
+def test_table_has_at_least_forty_classes() -> None:
+    assert len(BAD_INPUTS) + len(RECOVERIES) >= 40
 
 
 # ------------------------------------------------------------------------------ documented recoveries

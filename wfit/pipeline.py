@@ -180,11 +180,12 @@ def load_dask_config(name: str | os.PathLike[str]) -> dict[str, Any]:
         {'GPU': 1}
     """
     import dask
-    import yaml
+
+    from wfit.yamlfile import safe_load
 
     path = _config_file(name)
     with open(path) as f:
-        tree = yaml.safe_load(f)
+        tree = safe_load(f, source=str(path))
     if not isinstance(tree, Mapping):
         raise ValueError(f"{path}: a dask config is a YAML mapping (e.g. `distributed: ...`), got {type(tree)}")
     flat = _flatten(tree)
@@ -542,6 +543,7 @@ def run_chain(
     from wfit.fitter.options import FitOptions
     from wfit.processors import build_workspace
     from wfit.processors.runner import check_fileset
+    from wfit.processors.workspace_builder import check_samples
 
     fit_options = FitOptions.resolve(options, **changes)  # a misspelt option fails before the processing
     check_fileset(fileset)
@@ -549,6 +551,7 @@ def run_chain(
     workdir.mkdir(parents=True, exist_ok=True)
     # Fail before hours of processing rather than after them.
     _placement(client, allow_cpu)
+    check_samples(samples, fileset, lumi)
     output = process_on_cluster(client, fileset, processor_instance, chunksize=chunksize, status=status)
     ws = workdir / "workspace.hdf5"
     summary = build_workspace(
