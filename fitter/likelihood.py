@@ -46,13 +46,20 @@ parameter) in about one more pass and a ``[nsyst x nbins*nproc] @ [nbins*nproc x
 product. The bins are processed in blocks sized to stay in cache, so each block of log(kappa) is
 read once per evaluation.
 
-The functions are traced once per :class:`Likelihood` with a fixed input signature; data can be
-replaced (toys) without retracing through :meth:`Likelihood.set_data`.
+The functions take the model's tensors as arguments and are shared by every :class:`Likelihood` of the
+same structure (the same sizes, blocks and options): a second fit of such a workspace in the process (a
+notebook cell run again, the next fit on a Dask worker, a soak) neither retraces nor recompiles. XLA keeps
+every function it compiles for the lifetime of the process, so functions of their own per instance grew a
+long-lived fit worker by about 8 MiB per fit. Data can be replaced (toys) without retracing through
+:meth:`Likelihood.set_data`.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -97,6 +104,50 @@ class _Block:
     sig_index: object  # int64 [Rs, 2]: their (bin, POI)
     b0: int
     b1: int
+
+
+_BLOCK_TENSORS = ("a", "cols", "d", "dcols", "dsel", "norm", "row_bin", "row_proc", "sig_rows", "sig_index")
+# The model's tensors (and variables: data, global observables) that the traced maths read, and the plain
+# values that decide the graph's structure.
+_STATE = (
+    "_asym_idx", "_cw", "_theta0", "_nobs", "_lognobs", "_kstat", "_bbmask", "_beta0",
+    "_sigma", "_cinv", "_bbmap", "_ceff",
+)  # fmt: skip
+_STATIC = ("npoi", "nsyst", "nparams", "_nproc", "_has_asym", "bb_lite", "additive", "covariance_fit")
+#: What each traced function computes, from a view of the model (:func:`_view`) and the parameters.
+_BODIES: dict[str, Callable[[Any, Any], Any]] = {
+    "_f_nll": lambda m, x: m._evaluate(x, 0),
+    "_f_grad": lambda m, x: m._evaluate(x, 1),
+    "_f_hess": lambda m, x: m._evaluate(x, 2),
+    "_f_hess_fixed_beta": lambda m, x: m._evaluate(x, 2, profile_bb=False),
+    "_f_masked": lambda m, x: m._process_yields(x, masked=True),
+    "_f_yields": lambda m, x: m._yields(x, m.bb_lite),
+}
+_JITTED = ("_f_nll", "_f_grad", "_f_hess")
+#: Traced functions by (name, XLA, device, structure, tensor shapes); the oldest are dropped beyond the limit.
+_TRACED: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_TRACED_MAX = 64
+
+
+def _view(layout: tuple[Any, ...], flat: tuple[Any, ...]) -> Likelihood:
+    """A Likelihood made of the structure ``layout`` and the tensors ``flat`` (symbolic inside a trace): the
+    traced maths then read no tensor of any instance, so that one function serves them all."""
+    statics, groups, present = layout
+    view = object.__new__(Likelihood)
+    for name, value in zip(_STATIC, statics, strict=True):
+        setattr(view, name, value)
+    it = iter(flat)
+
+    def block(lay: tuple[Any, ...]) -> _Block:
+        nb, dense, b0, b1, fields = lay
+        tensors = {name: (next(it) if has else None) for name, has in zip(_BLOCK_TENSORS, fields, strict=True)}
+        return _Block(nb=nb, dense=dense, b0=b0, b1=b1, **tensors)
+
+    view._blocks = [block(lay) for lay in groups[0]]
+    view._mblocks = [block(lay) for lay in groups[1]]
+    for name, has in zip(_STATE, present, strict=True):
+        setattr(view, name, next(it) if has else None)
+    return view
 
 
 class Likelihood:
@@ -193,14 +244,11 @@ class Likelihood:
         spec = [tf.TensorSpec([self.nparams], tf.float64)]
         small = self.stored_bytes < 4 * 1024**2 and len(self._blocks) + len(self._mblocks) <= 8
         jit = small if jit_compile is None else bool(jit_compile)
-        self._concrete_fns: dict[str, object] = {}
-        self._f_nll = tf.function(lambda x: self._evaluate(x, 0), input_signature=spec, jit_compile=jit)
-        self._f_grad = tf.function(lambda x: self._evaluate(x, 1), input_signature=spec, jit_compile=jit)
-        self._f_hess = tf.function(lambda x: self._evaluate(x, 2), input_signature=spec, jit_compile=jit)
-        self._f_hess_fixed_beta = tf.function(lambda x: self._evaluate(x, 2, profile_bb=False),
-                                              input_signature=spec)
-        self._f_masked = tf.function(lambda x: self._process_yields(x, masked=True), input_signature=spec)
-        self._f_yields = tf.function(lambda x: self._yields(x, self.bb_lite), input_signature=spec)
+        self._jit = jit
+        self._x_spec = spec[0]
+        self._flat, self._layout = self._flatten()
+        self._fns: dict[str, Any] = {}
+        self._concrete_fns: dict[str, Any] = {}
 
     def _setup_covariance(self, cov_inv: np.ndarray, sigma: np.ndarray) -> None:
         """The chi-square's matrices: ``C``, and with BB-lite ``C_eff`` and the profiled-beta map ``M``."""
@@ -294,39 +342,86 @@ class Likelihood:
         """Effective MC statistics per unmasked bin, ``(sum w)^2 / sum w^2``."""
         return self._kstat.numpy()
 
-    # ------------------------------------------------------------------------------- public
-    def _concrete(self, name: str):
+    # ------------------------------------------------------------------------------- traced functions
+    def _flatten(self) -> tuple[list[Any], tuple[Any, ...]]:
+        """The model's tensors in a fixed order, and the structure (:func:`_view`'s ``layout``) they fill."""
+        flat: list[Any] = []
+        groups = []
+        for blocks in (self._blocks, self._mblocks):
+            lays = []
+            for blk in blocks:
+                fields = []
+                for name in _BLOCK_TENSORS:
+                    t = getattr(blk, name)
+                    fields.append(t is not None)
+                    if t is not None:
+                        flat.append(t)
+                lays.append((blk.nb, blk.dense, blk.b0, blk.b1, tuple(fields)))
+            groups.append(tuple(lays))
+        present = tuple(getattr(self, name, None) is not None for name in _STATE)
+        flat += [getattr(self, name) for name, has in zip(_STATE, present, strict=True) if has]
+        statics = tuple(getattr(self, name) for name in _STATIC)
+        return flat, (statics, tuple(groups), present)
+
+    def _function(self, name: str) -> Any:
+        """The shared ``tf.function`` ``name`` (see :data:`_BODIES`) for this model's structure: called with
+        the parameters and :attr:`_flat`."""
+        fn = self._fns.get(name)
+        if fn is None:
+            jit = self._jit and name in _JITTED
+            specs = [tf.TensorSpec(t.shape, t.dtype) for t in self._flat]
+            shapes = tuple((tuple(s.shape.as_list()), s.dtype.name) for s in specs)
+            key = (name, jit, self.device, self._layout, shapes)
+            fn = _TRACED.get(key)
+            if fn is None:
+                layout, body = self._layout, _BODIES[name]
+                fn = tf.function(
+                    lambda x, *flat: body(_view(layout, flat), x),
+                    input_signature=[self._x_spec, *specs],
+                    jit_compile=jit,
+                )
+                _TRACED[key] = fn
+                while len(_TRACED) > _TRACED_MAX:
+                    _TRACED.popitem(last=False)
+            else:
+                _TRACED.move_to_end(key)
+            self._fns[name] = fn
+        return fn
+
+    def _call(self, name: str, x: np.ndarray) -> Any:
         # The concrete function skips tf.function's argument binding: half the cost of a small call.
         fn = self._concrete_fns.get(name)
         if fn is None:
-            fn = self._concrete_fns[name] = getattr(self, name).get_concrete_function()
-        return fn
+            fn = self._concrete_fns[name] = self._function(name).get_concrete_function()
+        # Variables (data, global observables) are passed as their values: binding a tensor costs less.
+        return fn(self._x(x), *(t.value() if isinstance(t, tf.Variable) else t for t in self._flat))
 
+    # ------------------------------------------------------------------------------- public
     def nll(self, x: np.ndarray) -> float:
         """The NLL at ``x``."""
-        return float(self._concrete("_f_nll")(self._x(x)))
+        return float(self._call("_f_nll", x))
 
     def nll_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """The NLL and its gradient at ``x``."""
-        f, g = self._concrete("_f_grad")(self._x(x))
+        f, g = self._call("_f_grad", x)
         return float(f), g.numpy()
 
     def nll_grad_hess(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """The NLL, gradient and exact Hessian at ``x``."""
-        f, g, h = self._concrete("_f_hess")(self._x(x))
+        f, g, h = self._call("_f_hess", x)
         return float(f), g.numpy(), h.numpy()
 
     def hessian_fixed_beta(self, x: np.ndarray) -> np.ndarray:
         """The Hessian with the BB-lite parameters held at their profiled values (no MC-stat part)."""
-        return self._f_hess_fixed_beta(self._x(x))[2].numpy()
+        return self._call("_f_hess_fixed_beta", x)[2].numpy()
 
     def masked_yields(self, x: np.ndarray) -> np.ndarray:
         """Expected yields [masked bins, nproc] of the masked channels (cross-section bins) at ``x``."""
-        return self._f_masked(self._x(x)).numpy()
+        return self._call("_f_masked", x).numpy()
 
     def expected_yields(self, x: np.ndarray) -> np.ndarray:
         """Expected events per unmasked bin at ``x`` (including the profiled BB-lite factor)."""
-        return self._f_yields(self._x(x)).numpy()
+        return self._call("_f_yields", x).numpy()
 
     def asimov_data(self, x: np.ndarray | None = None) -> np.ndarray:
         """Expected events per unmasked bin without BB-lite scaling (the Asimov data set)."""
@@ -334,8 +429,8 @@ class Likelihood:
             return self._yields(self._x(self.x0 if x is None else x), bb_lite=False).numpy()
 
     def tracing_count(self) -> int:
-        """Number of traces of the NLL/gradient/Hessian functions (each should be traced once)."""
-        return sum(f.experimental_get_tracing_count() for f in (self._f_nll, self._f_grad, self._f_hess))
+        """Number of traces of the NLL/gradient/Hessian functions (each is traced once per model structure)."""
+        return sum(self._function(name).experimental_get_tracing_count() for name in _JITTED)
 
     def _x(self, x: np.ndarray):
         x = np.asarray(x, dtype=np.float64)
