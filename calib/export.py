@@ -36,7 +36,7 @@ from .onnx_spec import (
     write_sidecar,
 )
 
-__all__ = ["OnnxCalibrator", "export_onnx"]
+__all__ = ["NonFiniteOutputError", "OnnxCalibrator", "export_onnx"]
 
 
 def export_onnx(
@@ -133,6 +133,32 @@ _ROW_MULTIPLE = 16
 
 def _file_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class NonFiniteOutputError(ValueError):
+    """The model returned NaN or infinity for some jets; the message names the model, how many jets, and the
+    inputs of the first one that are not finite (most often the cause: a NaN or inf in the input file).
+
+    Attributes:
+        jets: Positions (in the arrays given to the model) of the jets with a non-finite output.
+    """
+
+    def __init__(self, path: str, arrays: Mapping[str, Any], jets: np.ndarray) -> None:
+        import awkward as ak
+
+        self.jets = jets
+        first = int(jets[0])
+        inputs = []
+        for name, values in arrays.items():
+            v = values[first]
+            flat = ak.to_numpy(ak.flatten(v, axis=None)) if isinstance(v, ak.Array) else np.asarray(v)
+            if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+                inputs.append(name)
+        where = f"its non-finite inputs: {inputs}" if inputs else "all its inputs are finite (a fault of the model)"
+        super().__init__(
+            f"{path}: the model returned a non-finite value for {len(jets)} jet(s) (the first, jet {first}: "
+            f"{where}); find and fix the non-finite values in the input file, or the model"
+        )
 
 
 class OnnxCalibrator:
@@ -360,7 +386,13 @@ class OnnxCalibrator:
         parts = [self._run_flat(build_flat_inputs(chunk, spec)) for chunk in chunks(needed, self.chunk_size)]
         if not parts:
             return self._empty(0)
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        bad = np.zeros(len(out[OUTPUT_NAME]), dtype=bool)
+        for v in out.values():
+            bad |= ~np.isfinite(v).reshape(len(bad), -1).all(axis=1)
+        if bad.any():
+            raise NonFiniteOutputError(self.path, needed, np.flatnonzero(bad))
+        return out
 
     def predict(self, arrays: Mapping[str, Any]) -> np.ndarray:
         """Predicted ``log(pt_gen / pt)`` per jet, built and inferred in chunks of ``chunk_size`` jets.

@@ -96,6 +96,9 @@ class TemplateConfig:
         seed: Seed of the per-event resolution smearing (a counter-based hash of run, lumi, event).
         variations: Fill the systematic variations; ``False`` fills only the nominal weights (the
             scale factor, pileup and prefiring weights still enter them), e.g. for fast checks.
+        nonfinite: An event with a NaN or infinite genWeight, MET or lepton pT/eta/phi: ``"error"`` (the
+            chunk fails with a message naming the file, the entry and the branch) or ``"drop"`` (the event
+            is left out and counted in ``nonfinite_events``, for samples known to carry a few such records).
     """
 
     channel: Literal["mu", "e"] = "mu"
@@ -125,8 +128,11 @@ class TemplateConfig:
     prefire: bool = True
     seed: int = 12345
     variations: bool = True
+    nonfinite: Literal["error", "drop"] = "error"
 
     def __post_init__(self) -> None:
+        if self.nonfinite not in ("error", "drop"):
+            raise ValueError(f"TemplateConfig.nonfinite must be 'error' or 'drop', got {self.nonfinite!r}")
         if self.channel not in ("mu", "e"):
             raise ValueError(f"TemplateConfig.channel must be 'mu' or 'e', got {self.channel!r}")
         if self.eta_bins[0] % self.eff_groups != 0:

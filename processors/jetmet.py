@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import awkward as ak
 import numpy as np
 
+from wfit.calib.export import NonFiniteOutputError
 from wfit.calib.features import FeatureSpec
 from wfit.calib.onnx_spec import OUTPUT_NAME, QUANTILES_NAME, interval_levels
 
@@ -303,7 +304,12 @@ class JetMET:
         )
         ran = bool(len(jets))
         if ran:
-            out = self._calibrator.predict_outputs(self._inputs.build(jets, self._derive()["raw_pt"]))
+            try:
+                out = self._calibrator.predict_outputs(self._inputs.build(jets, self._derive()["raw_pt"]))
+            except (NonFiniteOutputError, ValueError) as err:  # a non-finite input or output: name the file
+                md = self._events.metadata
+                where = f"entries [{md.get('entrystart')}, {md.get('entrystop')})" if "entrystart" in md else "a chunk"
+                raise ValueError(f"file {md.get('filename', '?')!r}, {where}: {err}") from None
             for name, values in out.items():
                 self.outputs[name][jets] = values
             self.correction[jets] = np.exp(out[OUTPUT_NAME].astype(np.float64))

@@ -11,7 +11,7 @@ give the same histograms. Per dataset the output holds
   ``nominal`` included (names declared in :data:`wfit.processors.systematics.SYSTEMATICS`);
 * ``cutflow`` (event counts) and ``cutflow_sumw`` (sums of sign(genWeight)) per selection step;
 * ``sumw`` (sum of genWeight), ``sumw_sign`` (sum of sign(genWeight)) and ``nevents`` over all
-  processed events; ``nonfinite_events``: events dropped for a non-finite value (see below);
+  processed events; ``nonfinite_events``: events dropped for a non-finite value (with ``nonfinite="drop"``, see below);
   ``skipped``: a set of ``"variation: reason (file)"`` strings;
 * ``kind``: ``{"data"}``, ``{"mc"}`` or ``{"signal"}``;
 * ``jet_calibration``: with a :class:`~wfit.processors.jetcorr.JetCalibration`, a set of
@@ -40,9 +40,10 @@ Behaviour on special inputs (each one is tested):
   prefiring, or such a branch with zero entries per event) skips that variation and records it in
   ``skipped``; it never crashes and never skips silently;
 * an empty file (zero events) adds zero events and empty histograms;
-* an event with a NaN or infinite genWeight, MET (pt, phi) or muon/electron pT, eta or phi is dropped
-  before the selection (it enters no histogram, cutflow step nor sum of weights; ``nevents`` still counts
-  it) and counted in ``nonfinite_events``;
+* an event with a NaN or infinite genWeight, MET (pt, phi) or muon/electron pT, eta or phi is an error
+  naming the file, the entry and the branch; with ``TemplateConfig(nonfinite="drop")`` it is dropped
+  before the selection instead (it enters no histogram, cutflow step nor sum of weights; ``nevents`` still
+  counts it) and counted in ``nonfinite_events``;
 * NanoAOD v15 stores the MET as ``PFMET_*``: ``MET_*`` is used when present, ``PFMET_*`` otherwise;
 * a file without ``luminosityBlock`` (``missing_luminosityBlock.root``) is refused by coffea's
   ``NanoAODSchema`` ("missing event ID fields"): its chunks fail, on purpose, because event
@@ -301,14 +302,25 @@ class WTemplateProcessor(processor.ProcessorABC):
             return "signal"
         return "mc" if is_mc else "data"
 
-    @staticmethod
-    def _drop_nonfinite(events: Any, is_mc: bool, res: Accumulator) -> Any:
-        # Policy: an event with a NaN or infinite weight or lepton/MET kinematic value is a corrupt record;
-        # it is dropped (from the histograms, the cutflow and the sums of weights) and counted.
-        finite = finite_events(events, is_mc)
+    def _drop_nonfinite(self, events: Any, is_mc: bool, res: Accumulator) -> Any:
+        # An event with a NaN or infinite weight or lepton/MET kinematic value is a corrupt record: an error
+        # naming it, or (TemplateConfig.nonfinite="drop") left out of the histograms, the cutflow and the sums
+        # of weights, and counted.
+        culprits: dict[str, int] = {}
+        finite = finite_events(events, is_mc, culprits)
         n_bad = len(events) - int(finite.sum())
         if not n_bad:
             return events
+        if self.config.nonfinite == "error":
+            md = events.metadata
+            start = int(md.get("entrystart") or 0)
+            first = min(culprits.values())
+            branches = sorted(b for b, e in culprits.items() if e == first)
+            raise ValueError(
+                f"file {md.get('filename', '?')!r}: {n_bad} event(s) with a NaN or infinite value, the first at "
+                f"entry {start + first} in {branches}; fix or replace the file, or pass "
+                "TemplateConfig(nonfinite='drop') to leave such events out (counted in nonfinite_events)"
+            )
         res["nonfinite_events"] = n_bad
         return events[finite]
 

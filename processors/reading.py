@@ -156,16 +156,26 @@ def read_leptons(events: Any, config: TemplateConfig) -> tuple[Leptons, Leptons]
     return muons, electrons
 
 
-def finite_events(events: Any, is_mc: bool) -> np.ndarray:
-    """Per event: genWeight (MC), MET and every muon's and electron's pT, eta and phi are finite."""
+def finite_events(events: Any, is_mc: bool, culprits: dict[str, int] | None = None) -> np.ndarray:
+    """Per event: genWeight (MC), MET and every muon's and electron's pT, eta and phi are finite.
+
+    Args:
+        culprits: Filled with ``{branch: first event (index in the chunk) where it is not finite}``.
+    """
     ok = np.ones(len(events), dtype=bool)
     fields = set(events.fields)
+
+    def check(branch: str, finite: np.ndarray) -> np.ndarray:
+        if culprits is not None and not finite.all():
+            culprits[branch] = int(np.argmin(finite))
+        return finite
+
     if is_mc:
-        ok &= np.isfinite(np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64))
+        ok &= check("genWeight", np.isfinite(np.asarray(ak.to_numpy(events.genWeight), dtype=np.float64)))
     for name in MET_NAMES:
         if name in fields and {"pt", "phi"} <= set(events[name].fields):
             for var in ("pt", "phi"):
-                ok &= np.isfinite(np.asarray(ak.to_numpy(events[name][var]), dtype=np.float64))
+                ok &= check(f"{name}_{var}", np.isfinite(np.asarray(ak.to_numpy(events[name][var]), dtype=np.float64)))
             break
     for coll in _COLLECTIONS:  # missing collections/fields are reported by read_leptons
         if coll in fields:
@@ -178,6 +188,8 @@ def finite_events(events: Any, is_mc: bool) -> np.ndarray:
                             counts = ak.to_numpy(ak.num(events[coll], axis=1))
                             event_index = np.repeat(np.arange(len(counts)), counts)
                         ok[event_index[bad]] = False
+                        if culprits is not None:
+                            culprits[f"{coll}_{var}"] = int(event_index[bad][0])
     return ok
 
 

@@ -223,3 +223,56 @@ def test_cli_bad_options_fail_before_the_fit(ws_path, tmp_path, capsys, args, wo
     assert "fitting on" not in err and "Traceback" not in err  # stopped before the fit started
     assert not out.exists()
     assert hashlib.sha256(Path(ws_path).read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("when", ["at start-up", "after reading"])
+def test_ctrl_c_exits_130_with_one_line_and_no_traceback(ws_path, tmp_path, when):
+    """SIGINT to a running `wfit fit`: exit 130, no traceback, and one line that tells the truth about the
+    result file (written or not)."""
+    import signal
+    import time
+
+    exe = os.path.join(os.path.dirname(sys.executable), "wfit")
+    out = tmp_path / "r.hdf5"
+    proc = subprocess.Popen([exe, "fit", ws_path, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    if when == "at start-up":
+        time.sleep(0.5)  # the interpreter is importing TensorFlow
+    else:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith("wfit: reading"), line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    last = err.strip().splitlines()[-1]
+    if out.exists():
+        assert last.startswith(f"wfit: interrupted: the fit result was written to {out}"), last
+        assert read_result(out).ok
+    else:
+        assert last == f"wfit: interrupted: nothing was written ({out} was not created or changed)", last
+    if when == "at start-up":
+        assert not out.exists()
+
+
+def test_a_failing_post_fit_step_keeps_the_fit_result(ws_path, tmp_path, capsys, monkeypatch):
+    """The disk fills while the plots are written (matplotlib's savefig raises ENOSPC): exit 3, a line that names
+    the result file, and the result on disk equals the fit of the API."""
+    import errno
+
+    import matplotlib.figure
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    out = tmp_path / "r.hdf5"
+    rc = main(["fit", ws_path, "-o", str(out), "-q", "--plots", str(tmp_path / "plots")])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert f"a post-fit step failed (OSError: [Errno {errno.ENOSPC}] No space left on device" in err
+    assert f"the fit result is in {out}" in err
+    res = read_result(out)
+    np.testing.assert_array_equal(res.values, fit_workspace(ws_path).values)
+    np.testing.assert_array_equal(res.covariance, fit_workspace(ws_path).covariance)

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import awkward as ak
 import numpy as np
 import onnx
 import pytest
@@ -520,3 +521,65 @@ def test_jets_below_min_raw_pt_are_not_corrected(models: dict[str, str], toy: st
     ey = met_pt * np.sin(met_phi) - np.bincount(jets.jet_event[use], d * np.sin(jets.phi[use]), len(met_pt))
     np.testing.assert_allclose(np.hypot(mx, my), np.hypot(ex, ey), rtol=2e-5, atol=1e-4)
     assert JetCalibration(models["deep"]).min_raw_pt == 7.5  # met_jet_pt_min / 2 by default
+
+
+def test_a_non_finite_model_output_is_an_error_naming_file_and_input(models: dict[str, str], tmp_path: Path) -> None:
+    """A NaN in one jet's input (Jet_eta) makes the model return NaN for it: an error that names the file, the
+    entries, the model and the input, rather than a jet silently left uncorrected (and recorded as corrected)."""
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    from wfit.processors import generate_events
+
+    cols = generate_events("W", 400, np.random.default_rng(5), ToyConfig(pfnano=True))
+    jets = cols["Jet"]
+    flat_pt = ak.to_numpy(ak.flatten(jets.pt))
+    bad = int(np.argmax(flat_pt))  # a hard jet: evaluated whatever the selection
+    eta = ak.to_numpy(ak.flatten(jets.eta)).astype(np.float32)
+    eta[bad] = np.nan
+    cols["Jet"] = ak.with_field(jets, ak.unflatten(eta, ak.num(jets, axis=1)), "eta")
+    path = tmp_path / "nan_eta.root"
+    with uproot.recreate(path) as f:
+        types = {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in cols.items()}
+        f.mktree("Events", types).extend(cols)
+    events = NanoEventsFactory.from_root(
+        {str(path): "Events"}, schemaclass=NanoAODSchema, mode="virtual",
+        metadata={"filename": str(path), "entrystart": 0, "entrystop": 400},
+    ).events()  # fmt: skip
+    zeros = np.zeros(len(events))
+    jm = _calibration(models).evaluate(events, zeros, zeros)
+    with pytest.raises(ValueError) as err:
+        jm.met(np.ones(len(events), dtype=bool))
+    msg = str(err.value)
+    for words in ("nan_eta.root", "entries [0, 400)", "feature 'eta'", "NaN or infinite", "fix the input"):
+        assert words in msg, (words, msg)
+
+
+def test_a_model_that_returns_nan_is_an_error_not_a_no_op(models: dict[str, str], toy: str, tmp_path: Path) -> None:
+    """A model whose output is NaN for finite inputs (here the exported graph times NaN) is an error naming the
+    file, the entries and the model, before any MET is made from it."""
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+    from onnx import TensorProto, helper
+
+    from wfit.calib.onnx_spec import OUTPUT_NAME
+
+    model = onnx.load(models["deep"])
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = [f"{o}_raw" if o == OUTPUT_NAME else o for o in node.output]
+    graph.initializer.append(helper.make_tensor("nan_factor", TensorProto.FLOAT, [], [float("nan")]))
+    graph.node.append(helper.make_node("Mul", [f"{OUTPUT_NAME}_raw", "nan_factor"], [OUTPUT_NAME]))
+    bad = tmp_path / "nan_model.onnx"
+    onnx.save(model, bad)
+    calib = JetCalibration(bad, met_jet_pt_min=PT_MIN)
+    events = NanoEventsFactory.from_root(
+        {toy: "Events"}, schemaclass=NanoAODSchema, mode="virtual",
+        metadata={"filename": toy, "entrystart": 0, "entrystop": 3000},
+    ).events()  # fmt: skip
+    zeros = np.zeros(len(events))
+    jm = calib.evaluate(events, zeros, zeros)
+    with pytest.raises(ValueError) as err:
+        jm.met(np.ones(len(events), dtype=bool))
+    msg = str(err.value)
+    for words in (Path(toy).name, "entries [0, 3000)", "nan_model.onnx", "non-finite value for", "inputs are finite"):
+        assert words in msg, (words, msg)
+    assert np.isnan(jm.correction).all()  # nothing was recorded as corrected

@@ -330,20 +330,17 @@ def _calib_copy(tmp: Path) -> Path:
     return dest
 
 
-def _calib_unknown_key(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
-    from wfit.calib import load_config
+def _calib_yaml(text: str) -> Callable[[Path], tuple[Callable[[], Any], list[Path]]]:
+    """load_config on a calib.yaml with this text."""
 
-    p = tmp / "calib.yaml"
-    p.write_text("train:\n  epochs: 2\n  epoch: 3\n")
-    return (lambda: load_config(str(p))), [p]
+    def setup(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
+        from wfit.calib import load_config
 
+        p = tmp / "calib.yaml"
+        p.write_text(text)
+        return (lambda: load_config(str(p))), [p]
 
-def _calib_bad_yaml(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
-    from wfit.calib import load_config
-
-    p = tmp / "calib.yaml"
-    p.write_text("train: [epochs: 2\n")
-    return (lambda: load_config(str(p))), [p]
+    return setup
 
 
 def _transform_unknown_feature(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
@@ -548,14 +545,6 @@ def _fifo(tmp: Path) -> dict[str, list[str]]:
 
 
 # ------------------------------------------------------------------------------ YAML keys given twice
-def _calib_duplicate_key(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
-    from wfit.calib import load_config
-
-    p = tmp / "calib.yaml"
-    p.write_text("train:\n  epochs: 2\n  batch_size: 64\n  epochs: 3\n")
-    return (lambda: load_config(str(p))), [p]
-
-
 def _data_yaml_duplicate_key(tmp: Path) -> tuple[Callable[[], Any], list[Path]]:
     from wfit.calib import open_data_dir
 
@@ -626,6 +615,22 @@ def _counter_mismatch(tmp: Path) -> Path:
     return p
 
 
+def _nonfinite_muon(tmp: Path) -> Path:
+    """A toy with one muon pT NaN (entry 17) and one genWeight inf (entry 40)."""
+    cols = _toy_cols(500, seed=13)
+    mu = cols["Muon"]
+    counts = ak.to_numpy(ak.num(mu))
+    row = int(np.flatnonzero(counts > 0)[np.flatnonzero(counts > 0) >= 17][0])
+    pt = ak.to_numpy(ak.flatten(mu.pt)).copy()
+    pt[int(np.cumsum(counts)[row] - counts[row])] = np.nan
+    gw = cols["genWeight"].copy()
+    gw[40] = np.inf
+    cols = dict(cols, Muon=ak.with_field(mu, ak.unflatten(pt, counts), "pt"), genWeight=gw)
+    p = tmp / f"nan_muon_{row}.root"
+    _write_cols(p, cols)
+    return p
+
+
 # name: (setup(tmp) -> (call, files that must keep their bytes), exception, words in the message)
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], type[BaseException], list[str]]] = {
     # workspace reader (wfit.workspace.read_workspace)
@@ -652,8 +657,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], type[BaseException], list[str
         ["bad.hdf5", "'wfit_meta'", "JSON"],
     ),
     # calibration inputs (wfit.calib)
-    "calib config unknown key": (_calib_unknown_key, ValueError, ["calib.yaml", "unknown key 'train.epoch'"]),
-    "calib config not YAML": (_calib_bad_yaml, yaml.YAMLError, ["calib.yaml", "line 1, column 8"]),
+    "calib config unknown key": (
+        _calib_yaml("train:\n  epochs: 2\n  epoch: 3\n"),
+        ValueError,
+        ["calib.yaml", "unknown key 'train.epoch'"],
+    ),
+    "calib config not YAML": (_calib_yaml("train: [epochs: 2\n"), yaml.YAMLError, ["calib.yaml", "line 1, column 8"]),
     "transform.yaml unknown feature": (_transform_unknown_feature, ValueError, ["transform.yaml", "ch_bogus"]),
     "missing shard": (_missing_shard, FileNotFoundError, ["data.yaml", "shards/3.root", "not found"]),
     # jet calibration model (pre-flight at construction)
@@ -678,6 +687,11 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], type[BaseException], list[str
         _processor_file(_counter_mismatch),
         RuntimeError,
         ["counts.root", "entries [0, 500)", "'nMuon' says", "2 entries disagree", "regenerate it"],
+    ),
+    "NaN or infinite weight or kinematics": (
+        _processor_file(_nonfinite_muon),
+        RuntimeError,
+        ["nan_muon_", "2 event(s) with a NaN or infinite value", "in ['Muon_pt']", "nonfinite='drop'"],
     ),
     "unknown processor option": (_bad_template_config, ValueError, ["TemplateConfig.channel", "'tau'"]),
     "checkpoint not readable": (_bad_checkpoint, ValueError, ["run.coffea", "delete it"]),
@@ -787,7 +801,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], type[BaseException], list[str
     "run_chain directory": (_fileset_case(_directory, "run_chain"), FilesetError, ["adir.root'", "a directory"]),
     # YAML documents with a key given twice (wfit.yamlfile)
     "calib config duplicate key": (
-        _calib_duplicate_key,
+        _calib_yaml("train:\n  epochs: 2\n  batch_size: 64\n  epochs: 3\n"),
         DuplicateKeyError,
         ["calib.yaml", "key 'epochs' is given twice", "lines 2 and 4", "keep one"],
     ),
@@ -850,8 +864,8 @@ def _rec_empty_file(tmp: Path) -> None:
 
 
 def _rec_nonfinite(tmp: Path) -> None:
-    """NaN/inf genWeight, MET or lepton kinematics: those events are dropped and counted (nonfinite_events);
-    the rest equals a file without them."""
+    """NaN/inf genWeight, MET or lepton kinematics with TemplateConfig(nonfinite="drop"): those events are
+    dropped and counted (nonfinite_events); the rest equals a file without them."""
     cols = _toy_cols(600, seed=13)
     bad_rows = np.array([5, 17, 200, 431])
     gw = cols["genWeight"].copy()
@@ -874,8 +888,9 @@ def _rec_nonfinite(tmp: Path) -> None:
     keep = np.setdiff1d(np.arange(600), bad_rows)
     cols_ref = {k: v[keep] for k, v in cols.items()}
     _write_cols(tmp / "ref.root", cols_ref)
-    got = run_templates({"w": [str(tmp / "bad.root")]}, WTemplateProcessor())
-    ref = run_templates({"w": [str(tmp / "ref.root")]}, WTemplateProcessor())
+    drop = TemplateConfig(nonfinite="drop")
+    got = run_templates({"w": [str(tmp / "bad.root")]}, WTemplateProcessor(drop))
+    ref = run_templates({"w": [str(tmp / "ref.root")]}, WTemplateProcessor(drop))
     assert got.output["w"]["nonfinite_events"] == 4 and ref.output["w"]["nonfinite_events"] == 0
     assert got.output["w"]["nevents"] == 600
     got.output["w"]["nevents"] -= 4
@@ -925,3 +940,44 @@ RECOVERIES: dict[str, Callable[[Path], None]] = {
 @pytest.mark.parametrize("case", sorted(RECOVERIES))
 def test_documented_recovery(tmp_path: Path, case: str) -> None:
     RECOVERIES[case](tmp_path)
+
+
+# ------------------------------------------------------------------------------ non-ASCII paths and names
+def test_non_ascii_paths_and_names_run_end_to_end(tmp_path: Path) -> None:
+    """Folders, files, a dataset and the outputs with non-ASCII names (accents, micro sign, CJK, a space) run
+    through the processing, the workspace and `wfit fit` as ASCII ones do: the same histograms, the same fit."""
+    import subprocess
+    import sys
+
+    from wfit.fitter import read_result
+    from wfit.processors import AngularCoefficients, build_workspace
+
+    cfg = TemplateConfig(
+        absy_edges=(0.0, 2.4), eta_bins=(8, -2.4, 2.4), pt_bins=(6, 26.0, 56.0), eff_groups=2, pdf=False
+    )
+    got = {}
+    for label, folder, name, dataset in (
+        ("ascii", "plain", "w.root", "W"),
+        ("unicode", "données µ/测试", "échantillon-ß.root", "W-é"),
+    ):
+        d = tmp_path / folder
+        d.mkdir(parents=True)
+        f = d / name
+        _write_cols(f, _toy_cols(4000, seed=21))
+        proc = WTemplateProcessor(
+            cfg, signal_datasets={dataset}, coefficients=AngularCoefficients.constant(cfg, 0.2, -0.5)
+        )
+        run = run_templates({dataset: [str(f)]}, proc)
+        assert run.failures == []
+        ws = d / f"espace {label}-ü.hdf5"
+        build_workspace(run.output, ws, samples={dataset: Sample("signal", xsec=10.0)}, config=cfg, lumi=400.0,
+                        pseudo_data=3)  # fmt: skip
+        out = d / "résultat-µ.hdf5"
+        exe = os.path.join(os.path.dirname(sys.executable), "wfit")
+        fit = subprocess.run([exe, "fit", str(ws), "-o", str(out), "-q"], capture_output=True, text=True)
+        assert fit.returncode == 0, fit.stderr
+        got[label] = (run.output[dataset], read_result(out))
+    (out_a, fit_a), (out_u, fit_u) = got["ascii"], got["unicode"]
+    _assert_same({"x": out_a}, {"x": out_u})
+    np.testing.assert_array_equal(fit_a.values, fit_u.values)
+    np.testing.assert_array_equal(fit_a.covariance, fit_u.covariance)
