@@ -47,24 +47,19 @@ product. The bins are processed in blocks sized to stay in cache, so each block 
 read once per evaluation.
 
 The functions take the model's tensors as arguments and are shared by every :class:`Likelihood` of the
-same structure (the same sizes, blocks and options): a second fit of such a workspace in the process (a
-notebook cell run again, the next fit on a Dask worker, a soak) neither retraces nor recompiles. XLA keeps
-every function it compiles for the lifetime of the process, so functions of their own per instance grew a
-long-lived fit worker by about 8 MiB per fit. Data can be replaced (toys) without retracing through
-:meth:`Likelihood.set_data`.
+same structure (:mod:`wfit.fitter.traced`): a second fit of such a workspace in the process neither retraces
+nor recompiles. Data can be replaced (toys) without retracing through :meth:`Likelihood.set_data`.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from wfit.fitter._tf import tf, to_tensor
 from wfit.fitter.blocks import CompactBlock, iter_compact_blocks
+from wfit.fitter.traced import JITTED, Block, flatten, shared_function
 from wfit.workspace import Workspace
 from wfit.workspace.schema import SYSTEMATIC_TYPES
 
@@ -84,70 +79,6 @@ def alpha_step(theta):
     dalpha = tf.where(inside, 3.75 * tf.square(t2 - 1.0), tf.zeros_like(t))
     d2alpha = tf.where(inside, 30.0 * t * (t2 - 1.0), tf.zeros_like(t))
     return theta * alpha, alpha + theta * dalpha, 2.0 * dalpha + theta * d2alpha
-
-
-@dataclass(frozen=True)
-class _Block:
-    """Tensors of one :class:`~wfit.fitter.blocks.CompactBlock` (rows: non-zero (bin, process) pairs)."""
-
-    nb: int  # bins in the block
-    dense: bool  # rows are all [nb x nproc] pairs, bin-major
-    a: object  # logk average [R, Sk]
-    cols: object  # int64 [Sk]: nuisances of the columns
-    d: object | None  # logk half-difference [R, Sak]
-    dcols: object | None  # int64 [Sak] into the asymmetric list
-    dsel: object | None  # one-hot [Sak, Sk]: half-difference column -> block column
-    norm: object  # [R]
-    row_bin: object  # int64 [R], relative to the block
-    row_proc: object  # int64 [R]
-    sig_rows: object  # int64 [Rs]: rows of signal processes
-    sig_index: object  # int64 [Rs, 2]: their (bin, POI)
-    b0: int
-    b1: int
-
-
-_BLOCK_TENSORS = ("a", "cols", "d", "dcols", "dsel", "norm", "row_bin", "row_proc", "sig_rows", "sig_index")
-# The model's tensors (and variables: data, global observables) that the traced maths read, and the plain
-# values that decide the graph's structure.
-_STATE = (
-    "_asym_idx", "_cw", "_theta0", "_nobs", "_lognobs", "_kstat", "_bbmask", "_beta0",
-    "_sigma", "_cinv", "_bbmap", "_ceff",
-)  # fmt: skip
-_STATIC = ("npoi", "nsyst", "nparams", "_nproc", "_has_asym", "bb_lite", "additive", "covariance_fit")
-#: What each traced function computes, from a view of the model (:func:`_view`) and the parameters.
-_BODIES: dict[str, Callable[[Any, Any], Any]] = {
-    "_f_nll": lambda m, x: m._evaluate(x, 0),
-    "_f_grad": lambda m, x: m._evaluate(x, 1),
-    "_f_hess": lambda m, x: m._evaluate(x, 2),
-    "_f_hess_fixed_beta": lambda m, x: m._evaluate(x, 2, profile_bb=False),
-    "_f_masked": lambda m, x: m._process_yields(x, masked=True),
-    "_f_yields": lambda m, x: m._yields(x, m.bb_lite),
-}
-_JITTED = ("_f_nll", "_f_grad", "_f_hess")
-#: Traced functions by (name, XLA, device, structure, tensor shapes); the oldest are dropped beyond the limit.
-_TRACED: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-_TRACED_MAX = 64
-
-
-def _view(layout: tuple[Any, ...], flat: tuple[Any, ...]) -> Likelihood:
-    """A Likelihood made of the structure ``layout`` and the tensors ``flat`` (symbolic inside a trace): the
-    traced maths then read no tensor of any instance, so that one function serves them all."""
-    statics, groups, present = layout
-    view = object.__new__(Likelihood)
-    for name, value in zip(_STATIC, statics, strict=True):
-        setattr(view, name, value)
-    it = iter(flat)
-
-    def block(lay: tuple[Any, ...]) -> _Block:
-        nb, dense, b0, b1, fields = lay
-        tensors = {name: (next(it) if has else None) for name, has in zip(_BLOCK_TENSORS, fields, strict=True)}
-        return _Block(nb=nb, dense=dense, b0=b0, b1=b1, **tensors)
-
-    view._blocks = [block(lay) for lay in groups[0]]
-    view._mblocks = [block(lay) for lay in groups[1]]
-    for name, has in zip(_STATE, present, strict=True):
-        setattr(view, name, next(it) if has else None)
-    return view
 
 
 class Likelihood:
@@ -246,7 +177,7 @@ class Likelihood:
         jit = small if jit_compile is None else bool(jit_compile)
         self._jit = jit
         self._x_spec = spec[0]
-        self._flat, self._layout = self._flatten()
+        self._flat, self._layout = flatten(self)
         self._fns: dict[str, Any] = {}
         self._concrete_fns: dict[str, Any] = {}
 
@@ -266,7 +197,7 @@ class Likelihood:
             self._bbmap = None
             self._ceff = self._cinv
 
-    def _make_block(self, cb: CompactBlock) -> _Block:
+    def _make_block(self, cb: CompactBlock) -> Block:
         nrow, dev = len(cb.norm), self.device
         self.stored_bytes += 8 * nrow * (len(cb.cols) + len(cb.dcols))
         d = dsel = dcols = None
@@ -277,7 +208,7 @@ class Likelihood:
             dsel = tf.constant(onehot)
             dcols = tf.constant(cb.dcols, dtype=tf.int64)
         sig = np.flatnonzero(cb.row_proc < self.npoi)
-        return _Block(
+        return Block(
             nb=cb.b1 - cb.b0,
             dense=cb.dense,
             a=to_tensor(cb.avg, dev),
@@ -343,49 +274,11 @@ class Likelihood:
         return self._kstat.numpy()
 
     # ------------------------------------------------------------------------------- traced functions
-    def _flatten(self) -> tuple[list[Any], tuple[Any, ...]]:
-        """The model's tensors in a fixed order, and the structure (:func:`_view`'s ``layout``) they fill."""
-        flat: list[Any] = []
-        groups = []
-        for blocks in (self._blocks, self._mblocks):
-            lays = []
-            for blk in blocks:
-                fields = []
-                for name in _BLOCK_TENSORS:
-                    t = getattr(blk, name)
-                    fields.append(t is not None)
-                    if t is not None:
-                        flat.append(t)
-                lays.append((blk.nb, blk.dense, blk.b0, blk.b1, tuple(fields)))
-            groups.append(tuple(lays))
-        present = tuple(getattr(self, name, None) is not None for name in _STATE)
-        flat += [getattr(self, name) for name, has in zip(_STATE, present, strict=True) if has]
-        statics = tuple(getattr(self, name) for name in _STATIC)
-        return flat, (statics, tuple(groups), present)
-
     def _function(self, name: str) -> Any:
-        """The shared ``tf.function`` ``name`` (see :data:`_BODIES`) for this model's structure: called with
-        the parameters and :attr:`_flat`."""
+        """The shared ``tf.function`` ``name`` (:data:`wfit.fitter.traced.BODIES`) of this model's structure."""
         fn = self._fns.get(name)
         if fn is None:
-            jit = self._jit and name in _JITTED
-            specs = [tf.TensorSpec(t.shape, t.dtype) for t in self._flat]
-            shapes = tuple((tuple(s.shape.as_list()), s.dtype.name) for s in specs)
-            key = (name, jit, self.device, self._layout, shapes)
-            fn = _TRACED.get(key)
-            if fn is None:
-                layout, body = self._layout, _BODIES[name]
-                fn = tf.function(
-                    lambda x, *flat: body(_view(layout, flat), x),
-                    input_signature=[self._x_spec, *specs],
-                    jit_compile=jit,
-                )
-                _TRACED[key] = fn
-                while len(_TRACED) > _TRACED_MAX:
-                    _TRACED.popitem(last=False)
-            else:
-                _TRACED.move_to_end(key)
-            self._fns[name] = fn
+            fn = self._fns[name] = shared_function(self, name, self._flat, self._layout, self._jit)
         return fn
 
     def _call(self, name: str, x: np.ndarray) -> Any:
@@ -430,7 +323,7 @@ class Likelihood:
 
     def tracing_count(self) -> int:
         """Number of traces of the NLL/gradient/Hessian functions (each is traced once per model structure)."""
-        return sum(self._function(name).experimental_get_tracing_count() for name in _JITTED)
+        return sum(self._function(name).experimental_get_tracing_count() for name in JITTED)
 
     def _x(self, x: np.ndarray):
         x = np.asarray(x, dtype=np.float64)
@@ -449,19 +342,19 @@ class Likelihood:
             ta = dta = d2ta = None
         return mu, theta, r, ta, dta, d2ta
 
-    def _rows(self, blk: _Block, values):
+    def _rows(self, blk: Block, values):
         """Per-bin values broadcast to the block's rows."""
         if blk.dense:
             return tf.reshape(tf.broadcast_to(values[:, None], [blk.nb, self._nproc]), [-1])
         return tf.gather(values, blk.row_bin)
 
-    def _bin_sum(self, blk: _Block, rows):
+    def _bin_sum(self, blk: Block, rows):
         """Sum of row values per bin (rows may carry trailing dimensions)."""
         if blk.dense:
             return tf.reduce_sum(tf.reshape(rows, tf.concat([[blk.nb, self._nproc], tf.shape(rows)[1:]], 0)), 1)
         return tf.math.unsorted_segment_sum(rows, blk.row_bin, blk.nb)
 
-    def _block_yields(self, blk: _Block, theta, ta, r):
+    def _block_yields(self, blk: Block, theta, ta, r):
         """Yields per row: their derivative with respect to the signal strength (``nuhat``) and ``nu``.
 
         ``nuhat`` is the yield without the signal strength for log-normal systematics and the
@@ -479,7 +372,7 @@ class Likelihood:
             nu = nu + e
         return nuhat, nu
 
-    def _signal_matrix(self, blk: _Block, rows):
+    def _signal_matrix(self, blk: Block, rows):
         """[nb, npoi] matrix of per-row values of the signal processes."""
         if blk.dense:
             return tf.reshape(rows, [blk.nb, self._nproc])[:, : self.npoi]
