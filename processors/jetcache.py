@@ -61,7 +61,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -71,6 +71,7 @@ __all__ = [
     "FORMAT_VERSION",
     "KINEMATICS",
     "CachedChunk",
+    "EntryKey",
     "FileIdentity",
     "JetCache",
     "JetCacheError",
@@ -106,6 +107,16 @@ class FileIdentity:
     def key(self) -> str:
         """The folder name of the file's entries, ``<uuid>-<size>``."""
         return f"{self.uuid}-{self.size}"
+
+
+class EntryKey(NamedTuple):
+    """Which cache entry a chunk has: its input file, the model (SHA-256 of the ONNX file) and the chunk's
+    entry range ``[start, stop)`` in the file."""
+
+    file: FileIdentity
+    model_sha256: str
+    start: int
+    stop: int
 
 
 def file_identity(path: str, file_uuid: str | None = None) -> FileIdentity:
@@ -211,21 +222,12 @@ class JetCache:
 
     # ------------------------------------------------------------------ reading
     def read(
-        self,
-        file: FileIdentity,
-        model_sha256: str,
-        start: int,
-        stop: int,
-        events: np.ndarray,
-        counts: np.ndarray,
-        quantiles: Sequence[float] = (),
+        self, key: EntryKey, events: np.ndarray, counts: np.ndarray, quantiles: Sequence[float] = ()
     ) -> CachedChunk:
-        """What the entries overlapping ``[start, stop)`` hold for the events of a chunk.
+        """What the entries overlapping the chunk ``key`` (``[start, stop)`` of its file) hold for its events.
 
         Args:
-            file: The input file.
-            model_sha256: The model that ran.
-            start, stop: The chunk's entry range in the file.
+            key: The input file, the model that ran, and the chunk's entry range in the file.
             events: The entry (relative to ``start``) of each event of the chunk, increasing (all of
                 ``range(stop - start)`` unless events were dropped).
             counts: Jets per event of the chunk (the consistency check of every entry read).
@@ -236,6 +238,7 @@ class JetCache:
             unreadable, of another key or format, or whose jet counts differ from ``counts`` are left out (and
             removed) and listed as stale.
         """
+        file, model_sha256, start, stop = key
         counts = np.asarray(counts, dtype=np.int64)
         columns = _columns(quantiles)
         n_jets = int(counts.sum())
@@ -345,10 +348,7 @@ class JetCache:
     # ------------------------------------------------------------------ writing
     def write(
         self,
-        file: FileIdentity,
-        model_sha256: str,
-        start: int,
-        stop: int,
+        key: EntryKey,
         events: np.ndarray,
         counts: np.ndarray,
         values: Mapping[str, np.ndarray],
@@ -357,10 +357,10 @@ class JetCache:
         model_path: str = "",
         quantiles: Sequence[float] = (),
     ) -> str:
-        """Write (atomically) the entry of ``[start, stop)``: the jets of the chunk's events.
+        """Write (atomically) the entry of the chunk ``key``: the jets of its events.
 
         Args:
-            file, model_sha256, start, stop: The key and range.
+            key: The input file, the model, and the entry range ``[start, stop)``.
             events: The entry (relative to ``start``) of each event of the chunk (others are written as
                 unknown, ``dnnState`` 0).
             counts: Jets per event of the chunk.
@@ -377,6 +377,7 @@ class JetCache:
         """
         import uproot
 
+        file, model_sha256, start, stop = key
         columns = _columns(quantiles)
         n = stop - start
         if n < 1:

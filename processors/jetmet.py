@@ -19,7 +19,7 @@ from wfit.calib.export import NonFiniteOutputError
 from wfit.calib.features import FeatureSpec
 from wfit.calib.onnx_spec import OUTPUT_NAME, QUANTILES_NAME, interval_levels
 
-from .jetcache import KINEMATICS, FileIdentity, JetCache, file_identity, output_columns
+from .jetcache import KINEMATICS, EntryKey, FileIdentity, JetCache, file_identity, output_columns
 from .jetinputs import ModelInputs, flat_values
 
 if TYPE_CHECKING:
@@ -74,14 +74,11 @@ def type1_met(
 
 
 class ChunkEntry:
-    """Where a chunk's cache entry lives: the cache, the file, the model, the range, the events' entries
-    (made by :func:`chunk_entry`)."""
+    """Where a chunk's cache entry lives: the cache, the entry's key (file, model, range), the events' entries
+    and the file's path (made by :func:`chunk_entry`)."""
 
-    def __init__(
-        self, cache: JetCache, file: FileIdentity, sha256: str, start: int, stop: int, rows: np.ndarray, path: str
-    ) -> None:
-        self.cache, self.file, self.sha256 = cache, file, sha256
-        self.start, self.stop, self.rows, self.path = start, stop, rows, path
+    def __init__(self, cache: JetCache, key: EntryKey, rows: np.ndarray, path: str) -> None:
+        self.cache, self.key, self.rows, self.path = cache, key, rows, path
 
 
 _IDENTITIES: dict[tuple[str, str | None], FileIdentity] = {}
@@ -124,8 +121,8 @@ def chunk_entry(cache: JetCache | None, events: Any, sha256: str) -> ChunkEntry 
     rows = _entry_rows(events, int(stop) - int(start))
     if rows is None:
         return None
-    return ChunkEntry(cache, _identity(str(fname), md.get("fileuuid") or None), sha256, int(start), int(stop), rows,
-                      str(fname))  # fmt: skip
+    key = EntryKey(_identity(str(fname), md.get("fileuuid") or None), sha256, int(start), int(stop))
+    return ChunkEntry(cache, key, rows, str(fname))
 
 
 class JetMET:
@@ -246,7 +243,7 @@ class JetMET:
         chunk = self._chunk
         assert chunk is not None
         quantiles = self._spec.quantiles
-        cached = chunk.cache.read(chunk.file, chunk.sha256, chunk.start, chunk.stop, chunk.rows, self.counts, quantiles)
+        cached = chunk.cache.read(chunk.key, chunk.rows, self.counts, quantiles)
         if not cached.known.any():
             return
         self._kin = {name: cached.values[name] for name in KINEMATICS}
@@ -280,10 +277,7 @@ class JetMET:
         for i, name in enumerate(columns[1:]):
             values[name] = self.outputs[QUANTILES_NAME][on, i]
         chunk.cache.write(
-            chunk.file,
-            chunk.sha256,
-            chunk.start,
-            chunk.stop,
+            chunk.key,
             chunk.rows[known],
             self.counts[known],
             values,

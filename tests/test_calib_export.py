@@ -40,16 +40,14 @@ MODEL = {
 }
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """A seeded, randomly initialised model on the real features, exported to ONNX."""
+def _export_seeded(tmp_path_factory: pytest.TempPathFactory, seed: int, spec: FeatureSpec, model_config: dict) -> tuple:
+    """A randomly initialised model (seeded) on the real features, exported to ONNX: (model, spec, path)."""
     import keras
 
     from wfit.calib import build_model, export_onnx
 
-    keras.utils.set_random_seed(5)
-    spec = FeatureSpec.from_config(REAL_FEATURES, load_transform(str(DATA / "transform.yaml")))
-    config = load_config(overrides={"features": REAL_FEATURES, "model": MODEL})
+    keras.utils.set_random_seed(seed)
+    config = load_config(overrides={"features": REAL_FEATURES, "model": model_config})
     model = build_model(config, spec, compile=False)
     # Scale the output layer so that predictions have a calibration's size (|log correction| < 1).
     out = model.get_layer("log_correction")
@@ -58,6 +56,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(model, spec, str(path))
     return model, spec, str(path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A seeded, randomly initialised model on the real features, exported to ONNX."""
+    spec = FeatureSpec.from_config(REAL_FEATURES, load_transform(str(DATA / "transform.yaml")))
+    return _export_seeded(tmp_path_factory, 5, spec, MODEL)
 
 
 def _keras(model, inputs: dict, spec: FeatureSpec) -> np.ndarray:
@@ -305,23 +310,10 @@ def exported_with_head(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """A seeded, randomly initialised model with a resolution head (quantiles 0.16, 0.84), exported."""
     import dataclasses
 
-    import keras
-
-    from wfit.calib import build_model, export_onnx
-
-    keras.utils.set_random_seed(6)
     spec = dataclasses.replace(
         FeatureSpec.from_config(REAL_FEATURES, load_transform(str(DATA / "transform.yaml"))), quantiles=QUANTILES
     )
-    head = {**MODEL, "resolution": {"quantiles": list(QUANTILES)}}
-    config = load_config(overrides={"features": REAL_FEATURES, "model": head})
-    model = build_model(config, spec, compile=False)
-    out = model.get_layer("log_correction")
-    kernel, bias = out.get_weights()
-    out.set_weights([kernel * 0.2, bias])
-    path = tmp_path_factory.mktemp("onnx_head") / "model.onnx"
-    export_onnx(model, spec, str(path))
-    return model, spec, str(path)
+    return _export_seeded(tmp_path_factory, 6, spec, {**MODEL, "resolution": {"quantiles": list(QUANTILES)}})
 
 
 def test_resolution_head_matches_keras_and_is_described_by_the_spec(exported_with_head: tuple) -> None:

@@ -25,7 +25,7 @@ from wfit.processors import (
     run_templates,
     write_toy,
 )
-from wfit.processors.jetcache import JetCache, file_identity
+from wfit.processors.jetcache import EntryKey, JetCache, file_identity
 
 CFG = TemplateConfig(curvature=None, qcd_scale=False, pdf=False)  # weight systematics and jetCalib{Up,Down}
 
@@ -330,7 +330,7 @@ def test_an_entry_that_does_not_describe_the_file_is_never_used(
             counts = uproot.open(other)["Events"]["nJet"].array(library="np")
             n_jets = int(counts.sum())
             values = {c: np.zeros(n_jets, np.float32) for c in ("pt", "rawFactor", "phi", "dnnLogCorrection")}
-            JetCache(cache).write(ident, calib.model.sha256, 0, 4000, np.arange(4000), counts, values)
+            JetCache(cache).write(EntryKey(ident, calib.model.sha256, 0, 4000), np.arange(4000), counts, values)
         else:
             target.write_bytes(foreign.read_bytes()[:5000])
         counter.jets = 0
@@ -390,7 +390,7 @@ def test_two_writers_of_one_entry_leave_one_valid_file(models: dict[str, str], t
     def write() -> None:
         try:
             barrier.wait()
-            cache.write(ident, "f" * 64, 0, len(counts), np.arange(len(counts)), counts, values)
+            cache.write(EntryKey(ident, "f" * 64, 0, len(counts)), np.arange(len(counts)), counts, values)
         except BaseException as e:  # reported below
             errors.append(e)
 
@@ -401,7 +401,7 @@ def test_two_writers_of_one_entry_leave_one_valid_file(models: dict[str, str], t
         t.join()
     assert not errors
     assert len(_entries(tmp_path / "threads")) == 1 and not _leftovers(tmp_path / "threads")
-    got = cache.read(ident, "f" * 64, 0, len(counts), np.arange(len(counts)), counts)
+    got = cache.read(EntryKey(ident, "f" * 64, 0, len(counts)), np.arange(len(counts)), counts)
     assert got.known.all() and not got.stale
     np.testing.assert_array_equal(got.values["dnnLogCorrection"], values["dnnLogCorrection"])
 
