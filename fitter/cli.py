@@ -82,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="chi-square fit with the workspace's data covariance, hdata_cov_inv (rabbit's --covarianceFit)",
     )
+    f.add_argument(
+        "--prior",
+        dest="priors",
+        action="append",
+        type=_prior,
+        default=[],
+        metavar="NAME=MEAN,SIGMA",
+        help="Gaussian prior on a POI or an unconstrained parameter (repeatable), e.g. W_L=1,0.3",
+    )
     # Reading, post-fit products and output.
     f.add_argument(
         "--trust-pickle",
@@ -101,6 +110,18 @@ def _parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="also show TensorFlow's start-up and C++ log lines"
     )
     return p
+
+
+def _prior(text: str) -> tuple[str, float, float]:
+    """``NAME=MEAN,SIGMA`` as (name, mean, sigma)."""
+    name, sep, numbers = text.rpartition("=")
+    parts = numbers.split(",")
+    try:
+        if not (sep and name and len(parts) == 2):
+            raise ValueError
+        return name, float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=MEAN,SIGMA, e.g. W_L=1,0.3") from None
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -181,7 +202,7 @@ def _run_fit(args: argparse.Namespace, options, out: str, written: list[str]) ->
     from wfit.fitter._tf import import_tensorflow
 
     import_tensorflow(verbose=args.verbose)  # before anything else imports it
-    from wfit.fitter.fitting import fit_workspace
+    from wfit.fitter.fitting import fit_workspace, prior_indices
 
     def progress(it: int, nll: float, edm: float) -> None:
         log(f"  iteration {it:3d}   NLL = {nll:.8f}   EDM = {edm:.3g}")
@@ -206,6 +227,11 @@ def _run_fit(args: argparse.Namespace, options, out: str, written: list[str]) ->
         ws = read_workspace(args.workspace, trust_pickle=args.trust_pickle, load_logk=False)
         load = time.perf_counter() - t_read
         problem = _unknown_scans(args.scan, list(ws.signals) + list(ws.systs))
+        if problem is None:
+            try:
+                prior_indices(ws, options.priors)
+            except ValueError as err:
+                problem = f"--prior: {err}"
         if problem is not None:
             print(f"wfit: error: {problem}", file=sys.stderr)
             return EXIT_BAD_INPUT

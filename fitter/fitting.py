@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -155,10 +155,11 @@ def fit_workspace(
     if ws.data_cov_inv is not None and not opts.covariance_fit:
         say("the file has a data covariance (hdata_cov_inv), unused by this Poisson fit, as by rabbit without "
             "--covarianceFit; covariance_fit=True (--covariance-fit) fits with it")
+    priors = prior_indices(ws, opts.priors)
     tf.random.set_seed(opts.seed)
     try:
         ll = Likelihood(ws, bb_lite=opts.bb_lite, device=opts.device, data=data,
-                        covariance_fit=opts.covariance_fit)
+                        covariance_fit=opts.covariance_fit, priors=priors)
     except ValueError as err:  # data the likelihood cannot take (e.g. negative pseudo-data in a Poisson fit)
         raise WorkspaceError(str(err)) from err
     if opts.asimov:
@@ -169,12 +170,45 @@ def fit_workspace(
         which = f"pseudo-data {opts.pseudodata!r}"
     model = "chi-square with the data covariance" if opts.covariance_fit else "Poisson"
     say(f"fitting on {ll.device} ({which}, {model}, BB-lite {'on' if opts.bb_lite else 'off'})")
+    if opts.priors:
+        say("Gaussian priors (maximum a posteriori): " + ", ".join(f"{n} ~ N({m:g}, {s:g})" for n, m, s in opts.priors))
     result = fit(ll, tol=opts.tol, max_iter=opts.max_iter, poi_nonnegative=opts.poi_nonnegative, callback=callback)
     result.timings = {"load": t1 - t0, "setup": t2 - t1, **result.timings}
     result.options = {**opts.to_dict(), "device": ll.device}
     if post_fit is not None:
         post_fit(ll, result)
     return result
+
+
+def prior_indices(ws: Workspace, priors: Sequence[tuple[str, float, float]]) -> list[tuple[int, float, float]]:
+    """The :attr:`FitOptions.priors` as ``(parameter index, mean, sigma)`` for this workspace.
+
+    Raises:
+        ValueError: A name that is not a parameter of the workspace (with the close ones), or a nuisance that
+            already has a Gaussian constraint.
+    """
+    import difflib
+
+    names = list(ws.signals) + list(ws.systs)
+    npoi = len(ws.signals)
+    out = []
+    for name, mean, sigma in priors:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise ValueError(
+                f"prior on {name!r}: no such parameter in {ws.path}{hint}; the parameters are the POIs "
+                f"{names[:npoi][:5]}... and the nuisances of hsysts"
+            )
+        i = names.index(name)
+        if i >= npoi and ws.constraint_weights[i - npoi] > 0:
+            raise ValueError(
+                f"prior on {name!r}: the nuisance already has a Gaussian constraint (weight "
+                f"{ws.constraint_weights[i - npoi]:g}) in {ws.path}; priors are for POIs and unconstrained "
+                "parameters (hsystsnoconstraint)"
+            )
+        out.append((i, float(mean), float(sigma)))
+    return out
 
 
 def _bins_mixing_zero_variance(ws: Workspace) -> int:

@@ -53,6 +53,7 @@ nor recompiles. Data can be replaced (toys) without retracing through :meth:`Lik
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,7 @@ class Likelihood:
         data: Observed counts for the unmasked bins; defaults to ``ws.data_obs``.
         covariance_fit: The chi-square fit with the workspace's inverse data covariance
             (``ws.data_cov_inv``, rabbit's ``--covarianceFit``) instead of Poisson terms.
+        priors: Gaussian priors ``(parameter index, mean, sigma)`` (:func:`wfit.fitter.fitting.prior_indices`).
         device: ``"cpu"``, ``"gpu"`` or a TensorFlow device string; ``None`` picks the GPU when
             TensorFlow sees one.
         block_bytes: Target size in bytes of one block of the (uncompacted) log(kappa) tensor.
@@ -123,6 +125,7 @@ class Likelihood:
         block_bytes: int = 8 * 1024**2,
         jit_compile: bool | None = None,
         covariance_fit: bool = False,
+        priors: Sequence[tuple[int, float, float]] = (),
     ) -> None:
         if ws.systematic_type not in SYSTEMATIC_TYPES:
             raise ValueError(f"{ws.path}: systematic type {ws.systematic_type!r}; wfit models {SYSTEMATIC_TYPES}")
@@ -169,6 +172,14 @@ class Likelihood:
             self._beta0 = tf.Variable(np.ones(nb), dtype=tf.float64, trainable=False, name="beta0")
             if self.covariance_fit:
                 self._setup_covariance(ws.data_cov_inv, np.sqrt(varw))
+            self._prior_idx = self._prior_mean = self._prior_w = None
+            if priors:  # Gaussian priors: 0.5 w (x_i - m)^2, w = 1/sigma^2
+                idx = np.array([int(i) for i, _, _ in priors], dtype=np.int64)
+                if len(set(idx.tolist())) != len(idx) or idx.min() < 0 or idx.max() >= self.nparams:
+                    raise ValueError(f"prior indices {idx.tolist()} must be distinct and in [0, {self.nparams})")
+                self._prior_idx = tf.constant(idx.reshape(-1, 1))
+                self._prior_mean = tf.constant([float(m) for _, m, _ in priors], dtype=tf.float64)
+                self._prior_w = tf.constant([1.0 / float(s) ** 2 for _, _, s in priors], dtype=tf.float64)
         self._nominal_total = ws.norm[:nb].sum(axis=1)
         self.set_data(ws.data_obs if data is None else data)
 
@@ -497,12 +508,17 @@ class Likelihood:
         # constraints
         dtheta = theta - self._theta0
         f = f + 0.5 * tf.reduce_sum(self._cw * tf.square(dtheta))
+        if self._prior_idx is not None:  # Gaussian priors (maximum a posteriori)
+            dprior = tf.gather_nd(x, self._prior_idx) - self._prior_mean
+            f = f + 0.5 * tf.reduce_sum(self._prior_w * tf.square(dprior))
         if order == 0:
             return f
         g_theta = g_theta + self._cw * dtheta
         if self._has_asym:
             g_theta = g_theta + tf.scatter_nd(self._asym_idx, g_asym * dta, [ns])
         grad = tf.concat([g_mu, g_theta], axis=0)
+        if self._prior_idx is not None:
+            grad = grad + tf.scatter_nd(self._prior_idx, self._prior_w * dprior, [self.nparams])
         if order == 1:
             return f, grad
         diag = self._cw
@@ -512,6 +528,8 @@ class Likelihood:
         top = tf.concat([h_mm, h_mt], axis=1)
         bottom = tf.concat([tf.transpose(h_mt), h_tt], axis=1)
         hess = tf.concat([top, bottom], axis=0)
+        if self._prior_idx is not None:
+            hess = hess + tf.linalg.diag(tf.scatter_nd(self._prior_idx, self._prior_w, [self.nparams]))
         if self.covariance_fit:
             j = tf.concat(jac, axis=0)  # [nbins, nparams]
             c = self._ceff if profile_bb else self._cinv

@@ -40,6 +40,10 @@ class FitOptions:
             rabbit's ``--pseudoData``) instead of the data; ``None`` fits the data.
         covariance_fit: The chi-square fit with the workspace's inverse data covariance
             (``hdata_cov_inv``, rabbit's ``--covarianceFit``) instead of the Poisson likelihood.
+        priors: Gaussian priors ``(parameter, mean, sigma)`` on POIs or unconstrained nuisances: each adds
+            ``0.5 ((x - mean) / sigma)^2`` to the NLL, so the fit is a maximum a posteriori and its
+            covariance the posterior's (e.g. ``(("W_L", 1.0, 0.3),)`` holds a longitudinal helicity
+            component to +-30%). A nuisance that already has a constraint cannot take one.
 
     Example:
         >>> from wfit.fitter import FitOptions
@@ -63,6 +67,7 @@ class FitOptions:
     seed: int = 0
     pseudodata: str | None = None
     covariance_fit: bool = False
+    priors: tuple[tuple[str, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("asimov", "bb_lite", "poi_nonnegative", "covariance_fit"):
@@ -93,6 +98,7 @@ class FitOptions:
         object.__setattr__(self, "tol", float(self.tol))
         object.__setattr__(self, "max_iter", int(self.max_iter))
         object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "priors", _priors(self.priors))
 
     @classmethod
     def resolve(cls, options: FitOptions | None = None, **changes: Any) -> FitOptions:
@@ -131,7 +137,9 @@ class FitOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a JSON-able dict (what a Dask task receives and a result file stores)."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["priors"] = [list(p) for p in self.priors]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, strict: bool = True) -> FitOptions:
@@ -150,6 +158,29 @@ class FitOptions:
         if strict and unknown:
             raise ValueError(f"fit options {dict(data)}: unknown key(s) {unknown}; the options are {cls.names()}")
         return cls(**{k: v for k, v in data.items() if k in cls.names()})
+
+
+def _priors(value: Any) -> tuple[tuple[str, float, float], ...]:
+    """The priors as a tuple of ``(name, mean, sigma)`` with float numbers; lists (from JSON) are accepted."""
+    rule = "a sequence of (parameter, mean, sigma), e.g. (('W_L', 1.0, 0.3),)"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        _fail("priors", value, rule)
+    out = []
+    for prior in value:
+        if not (isinstance(prior, (list, tuple)) and len(prior) == 3 and isinstance(prior[0], str) and prior[0]):
+            _fail("priors", value, rule)
+        name, mean, sigma = prior
+        for what, v in (("mean", mean), ("sigma", sigma)):
+            if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)):
+                _fail("priors", value, f"the {what} of the prior on {name!r} must be a finite number")
+        if not sigma > 0:
+            _fail("priors", value, f"the sigma of the prior on {name!r} must be > 0")
+        out.append((name, float(mean), float(sigma)))
+    names = [p[0] for p in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        _fail("priors", value, f"{twice} carry more than one prior: give each parameter one")
+    return tuple(out)
 
 
 def _is_int(value: Any) -> bool:

@@ -91,6 +91,10 @@ class FitResult:
             lines.append(f"-- {min(max_nuisances, len(nuis))} of {len(nuis)} nuisances, largest |pull| first")
             for i in order:
                 lines.append(f"{self.names[i]:<32} {self.values[i]:>12.6f} {self.errors[i]:>12.6f}")
+        priors = (self.options or {}).get("priors") or []
+        if priors:
+            lines.append("-- Gaussian priors (maximum a posteriori): " + ", ".join(
+                f"{n} ~ N({m:g}, {s:g})" for n, m, s in priors))  # fmt: skip
         lines.append("-" * 58)
         lines.append(
             f"NLL = {self.nll:.6f}   EDM = {self.edm:.3g}   status = {int(self.status)} "

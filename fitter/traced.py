@@ -46,7 +46,7 @@ BLOCK_TENSORS = ("a", "cols", "d", "dcols", "dsel", "norm", "row_bin", "row_proc
 #: values that decide the graph's structure.
 STATE = (
     "_asym_idx", "_cw", "_theta0", "_nobs", "_lognobs", "_kstat", "_bbmask", "_beta0",
-    "_sigma", "_cinv", "_bbmap", "_ceff",
+    "_sigma", "_cinv", "_bbmap", "_ceff", "_prior_idx", "_prior_mean", "_prior_w",
 )  # fmt: skip
 STATIC = ("npoi", "nsyst", "nparams", "_nproc", "_has_asym", "bb_lite", "additive", "covariance_fit")
 #: What each traced function computes, from a view of the model and the parameters.

@@ -276,3 +276,21 @@ def test_a_failing_post_fit_step_keeps_the_fit_result(ws_path, tmp_path, capsys,
     res = read_result(out)
     np.testing.assert_array_equal(res.values, fit_workspace(ws_path).values)
     np.testing.assert_array_equal(res.covariance, fit_workspace(ws_path).covariance)
+
+
+def test_cli_prior_equals_the_api_and_bad_priors_fail_before_the_fit(ws_path, tmp_path, capsys):
+    out = tmp_path / "r.hdf5"
+    assert main(["fit", ws_path, "-o", str(out), "-q", "--prior", "sig0=1,0.3"]) == 0
+    api = fit_workspace(ws_path, priors=(("sig0", 1.0, 0.3),))
+    np.testing.assert_array_equal(read_result(out).values, api.values)
+    assert read_result(out).options["priors"] == [["sig0", 1.0, 0.3]]
+    assert not np.allclose(api.errors, fit_workspace(ws_path).errors)  # the prior changes the covariance
+    capsys.readouterr()
+    bad = tmp_path / "bad.hdf5"
+    assert main(["fit", ws_path, "-o", str(bad), "-q", "--prior", "nosuch=1,0.3"]) == 2
+    assert "--prior: prior on 'nosuch': no such parameter" in capsys.readouterr().err
+    assert not bad.exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", ws_path, "-o", str(bad), "-q", "--prior", "sig0=1"])
+    assert exc.value.code == 2
+    assert "give NAME=MEAN,SIGMA" in capsys.readouterr().err

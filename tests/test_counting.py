@@ -85,3 +85,47 @@ def test_data_in_a_bin_without_prediction_is_a_clear_error(tmp_path):
     w.write(path)
     with pytest.raises(ValueError, match=r"no expected events.*channel 'count' bin \(1,\)"):
         fit_workspace(path)
+
+
+def test_gaussian_prior_on_the_poi_is_the_analytic_maximum_a_posteriori(tmp_path):
+    """With a prior N(m, sigma) on mu, the fit maximises L(mu) prior(mu): the root of
+    s - n s / (mu s + b) + (mu - m) / sigma^2 (found here by brentq), with the curvature
+    n s^2 / (mu s + b)^2 + 1 / sigma^2; the result says which parameter carries the prior."""
+    from scipy.optimize import brentq
+
+    s, b, n, m, sigma = 100.0, 50.0, 230, 1.0, 0.1
+    path = str(tmp_path / "ws.hdf5")
+    _write(path, s, b, n)
+    res = fit_workspace(path, bb_lite=False, tol=1e-20, priors=(("sig", m, sigma),))
+    assert res.ok
+
+    def dnll(mu):
+        return s - n * s / (mu * s + b) + (mu - m) / sigma**2
+
+    mu_map = brentq(dnll, 0.1, 3.0, xtol=1e-14)
+    mu, err = res.pois["sig"]
+    assert mu == pytest.approx(mu_map, rel=1e-10)
+    assert err == pytest.approx((n * s**2 / (mu_map * s + b) ** 2 + 1 / sigma**2) ** -0.5, rel=1e-10)
+    assert abs(mu - (n - b) / s) > 0.1  # the prior pulls mu away from the likelihood's maximum
+    assert res.options["priors"] == [["sig", m, sigma]]
+    assert "sig ~ N(1, 0.1)" in res.summary()
+
+
+def test_priors_are_checked_before_the_fit(tmp_path):
+    from wfit.fitter import FitOptions
+
+    path = str(tmp_path / "ws.hdf5")
+    _write(path, 10.0, 5.0, 20, kappa=1.1)
+    with pytest.raises(ValueError, match=r"prior on 'sgi': no such parameter .* \(close: sig\)"):
+        fit_workspace(path, priors=(("sgi", 1.0, 0.3),))
+    with pytest.raises(ValueError, match=r"prior on 'bkgnorm': the nuisance already has a Gaussian constraint"):
+        fit_workspace(path, priors=(("bkgnorm", 0.0, 1.0),))
+    for bad, match in [
+        ((("sig", 1.0, 0.0),), r"sigma of the prior on 'sig' must be > 0"),
+        ((("sig", float("nan"), 1.0),), r"mean of the prior on 'sig' must be a finite number"),
+        ((("sig", 1.0, 0.3), ("sig", 1.0, 0.2)), r"\['sig'\] carry more than one prior"),
+        ("sig=1,0.3", r"a sequence of \(parameter, mean, sigma\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            FitOptions(priors=bad)
+    assert FitOptions.from_dict(FitOptions(priors=(("sig", 1, 0.3),)).to_dict()).priors == (("sig", 1.0, 0.3),)
