@@ -136,28 +136,18 @@ def _file_sha256(data: bytes) -> str:
 
 
 class NonFiniteOutputError(ValueError):
-    """The model returned NaN or infinity for some jets; the message names the model, how many jets, and the
-    inputs of the first one that are not finite (most often the cause: a NaN or inf in the input file).
+    """The model returned NaN or infinity for some jets although their inputs are finite (non-finite inputs are
+    refused earlier, by the feature building): a fault of the model.
 
     Attributes:
         jets: Positions (in the arrays given to the model) of the jets with a non-finite output.
     """
 
-    def __init__(self, path: str, arrays: Mapping[str, Any], jets: np.ndarray) -> None:
-        import awkward as ak
-
+    def __init__(self, path: str, jets: np.ndarray) -> None:
         self.jets = jets
-        first = int(jets[0])
-        inputs = []
-        for name, values in arrays.items():
-            v = values[first]
-            flat = ak.to_numpy(ak.flatten(v, axis=None)) if isinstance(v, ak.Array) else np.asarray(v)
-            if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-                inputs.append(name)
-        where = f"its non-finite inputs: {inputs}" if inputs else "all its inputs are finite (a fault of the model)"
         super().__init__(
-            f"{path}: the model returned a non-finite value for {len(jets)} jet(s) (the first, jet {first}: "
-            f"{where}); find and fix the non-finite values in the input file, or the model"
+            f"{path}: the model returned a non-finite value for {len(jets)} jet(s) (the first: jet {int(jets[0])}) "
+            "whose inputs are finite: the model is faulty; retrain or re-export it"
         )
 
 
@@ -391,7 +381,7 @@ class OnnxCalibrator:
         for v in out.values():
             bad |= ~np.isfinite(v).reshape(len(bad), -1).all(axis=1)
         if bad.any():
-            raise NonFiniteOutputError(self.path, needed, np.flatnonzero(bad))
+            raise NonFiniteOutputError(self.path, np.flatnonzero(bad))
         return out
 
     def predict(self, arrays: Mapping[str, Any]) -> np.ndarray:

@@ -181,15 +181,12 @@ def _output_problem(workspace: str, out: str, plots: str | None) -> str | None:
 
 def _unknown_scans(params: list[str], names: list[str]) -> str | None:
     """The error for ``--scan`` parameters that the model does not have, with the close names; None if all exist."""
-    import difflib
+    from wfit.fitter.fitting import close_names
 
     unknown = [p for p in dict.fromkeys(params) if p not in names]
     if not unknown:
         return None
-    hints = []
-    for p in unknown:
-        close = difflib.get_close_matches(p, names, n=3, cutoff=0.6)
-        hints.append(f"{p!r} (close: {', '.join(close)})" if close else repr(p))
+    hints = [f"{p!r}{close_names(p, names)}" for p in unknown]
     return (f"--scan: no parameter {', '.join(hints)} in the workspace; the parameters are the POIs "
             f"{names[:5]}... and the nuisances of hsysts")
 

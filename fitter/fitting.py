@@ -12,7 +12,7 @@ import numpy as np
 from wfit.fitter._tf import tf
 from wfit.fitter.likelihood import Likelihood
 from wfit.fitter.minimize import edm_and_covariance, minimize
-from wfit.fitter.options import FitOptions
+from wfit.fitter.options import FitOptions, describe_priors
 from wfit.fitter.result import FitResult
 from wfit.workspace import Workspace, WorkspaceError, read_workspace
 from wfit.workspace.schema import dataset_error
@@ -171,13 +171,21 @@ def fit_workspace(
     model = "chi-square with the data covariance" if opts.covariance_fit else "Poisson"
     say(f"fitting on {ll.device} ({which}, {model}, BB-lite {'on' if opts.bb_lite else 'off'})")
     if opts.priors:
-        say("Gaussian priors (maximum a posteriori): " + ", ".join(f"{n} ~ N({m:g}, {s:g})" for n, m, s in opts.priors))
+        say(f"Gaussian priors (maximum a posteriori): {describe_priors(opts.priors)}")
     result = fit(ll, tol=opts.tol, max_iter=opts.max_iter, poi_nonnegative=opts.poi_nonnegative, callback=callback)
     result.timings = {"load": t1 - t0, "setup": t2 - t1, **result.timings}
     result.options = {**opts.to_dict(), "device": ll.device}
     if post_fit is not None:
         post_fit(ll, result)
     return result
+
+
+def close_names(name: str, names: Sequence[str]) -> str:
+    """``" (close: a, b)"``: the parameter names close to one that the workspace does not have, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    return f" (close: {', '.join(close)})" if close else ""
 
 
 def prior_indices(ws: Workspace, priors: Sequence[tuple[str, float, float]]) -> list[tuple[int, float, float]]:
@@ -187,18 +195,14 @@ def prior_indices(ws: Workspace, priors: Sequence[tuple[str, float, float]]) -> 
         ValueError: A name that is not a parameter of the workspace (with the close ones), or a nuisance that
             already has a Gaussian constraint.
     """
-    import difflib
-
     names = list(ws.signals) + list(ws.systs)
     npoi = len(ws.signals)
     out = []
     for name, mean, sigma in priors:
         if name not in names:
-            close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-            hint = f" (close: {', '.join(close)})" if close else ""
             raise ValueError(
-                f"prior on {name!r}: no such parameter in {ws.path}{hint}; the parameters are the POIs "
-                f"{names[:npoi][:5]}... and the nuisances of hsysts"
+                f"prior on {name!r}: no such parameter in {ws.path}{close_names(name, names)}; the parameters "
+                f"are the POIs {names[:npoi][:5]}... and the nuisances of hsysts"
             )
         i = names.index(name)
         if i >= npoi and ws.constraint_weights[i - npoi] > 0:

@@ -160,6 +160,11 @@ class FitOptions:
         return cls(**{k: v for k, v in data.items() if k in cls.names()})
 
 
+def describe_priors(priors: Any) -> str:
+    """``"W_L ~ N(1, 0.3), ..."``: the priors as the fit log and the result summary show them."""
+    return ", ".join(f"{n} ~ N({m:g}, {s:g})" for n, m, s in priors)
+
+
 def _priors(value: Any) -> tuple[tuple[str, float, float], ...]:
     """The priors as a tuple of ``(name, mean, sigma)`` with float numbers; lists (from JSON) are accepted."""
     rule = "a sequence of (parameter, mean, sigma), e.g. (('W_L', 1.0, 0.3),)"

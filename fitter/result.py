@@ -12,6 +12,7 @@ import numpy as np
 
 from wfit.atomic import atomic_write_hdf5
 from wfit.fitter.minimize import FitStatus
+from wfit.fitter.options import describe_priors
 
 __all__ = ["FitResult", "read_result"]
 
@@ -93,8 +94,7 @@ class FitResult:
                 lines.append(f"{self.names[i]:<32} {self.values[i]:>12.6f} {self.errors[i]:>12.6f}")
         priors = (self.options or {}).get("priors") or []
         if priors:
-            lines.append("-- Gaussian priors (maximum a posteriori): " + ", ".join(
-                f"{n} ~ N({m:g}, {s:g})" for n, m, s in priors))  # fmt: skip
+            lines.append(f"-- Gaussian priors (maximum a posteriori): {describe_priors(priors)}")
         lines.append("-" * 58)
         lines.append(
             f"NLL = {self.nll:.6f}   EDM = {self.edm:.3g}   status = {int(self.status)} "

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import awkward as ak
 import numpy as np
 
-from wfit.calib.export import NonFiniteOutputError
 from wfit.calib.features import FeatureSpec
 from wfit.calib.onnx_spec import OUTPUT_NAME, QUANTILES_NAME, interval_levels
 
@@ -300,7 +299,7 @@ class JetMET:
         if ran:
             try:
                 out = self._calibrator.predict_outputs(self._inputs.build(jets, self._derive()["raw_pt"]))
-            except (NonFiniteOutputError, ValueError) as err:  # a non-finite input or output: name the file
+            except ValueError as err:  # a non-finite input or output (NonFiniteOutputError): name the file
                 md = self._events.metadata
                 where = f"entries [{md.get('entrystart')}, {md.get('entrystop')})" if "entrystart" in md else "a chunk"
                 raise ValueError(f"file {md.get('filename', '?')!r}, {where}: {err}") from None

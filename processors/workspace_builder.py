@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -67,13 +68,16 @@ class Sample:
         if self.kind not in ("signal", "background", "data"):
             raise ValueError(f"Sample.kind must be 'signal', 'background' or 'data', got {self.kind!r}")
         # A zero or negative cross section would scale the process away (or flip it) without a word.
-        usable = isinstance(self.xsec, (int, float)) and math.isfinite(self.xsec) and self.xsec > 0
-        if self.kind != "data" and not usable:
+        if self.kind != "data" and not _finite_positive(self.xsec):
             name = f" of process {self.process!r}" if self.process else ""
             raise ValueError(
                 f"Sample({self.kind!r}).xsec{name} must be a finite cross section > 0 pb, got {self.xsec!r}; "
                 "leave a process that does not contribute out of samples"
             )
+
+
+def _finite_positive(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def check_samples(samples: Mapping[str, Any], datasets: Iterable[str], lumi: float) -> None:
@@ -84,7 +88,7 @@ def check_samples(samples: Mapping[str, Any], datasets: Iterable[str], lumi: flo
         KeyError: A sample whose dataset is not processed (naming it and the datasets).
         ValueError: A luminosity that is not a finite number > 0, or no MC sample.
     """
-    if not (isinstance(lumi, (int, float)) and math.isfinite(lumi) and lumi > 0):
+    if not _finite_positive(lumi):
         raise ValueError(f"lumi must be a finite integrated luminosity > 0 (1/pb), got {lumi!r}")
     have = set(datasets)
     for ds, sample in samples.items():
