@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wfit.fitter.blinding import require_unblinded
 from wfit.fitter.likelihood import Likelihood
 from wfit.fitter.result import FitResult
 
@@ -56,6 +57,7 @@ def impacts(ll: Likelihood, result: FitResult) -> Impacts:
         ll: The likelihood that was fitted (its data and BB-lite setting are used).
         result: The fit result (covariance and minimum).
     """
+    require_unblinded(result, "impacts")
     cov = result.covariance
     if not np.all(np.isfinite(cov)):
         raise ValueError("impacts need a covariance: the fit's Hessian was not positive definite")

@@ -91,6 +91,26 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=MEAN,SIGMA",
         help="Gaussian prior on a POI or an unconstrained parameter (repeatable), e.g. W_L=1,0.3",
     )
+    f.add_argument(
+        "--blind",
+        action="store_true",
+        help="show the POIs and nuisances of interest with deterministic hidden offsets (result, table, figures)",
+    )
+    f.add_argument(
+        "--unblind",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --blind, show this parameter as fitted (a name or a whole-name regular expression; repeatable)",
+    )
+    f.add_argument(
+        "--blinding-group",
+        dest="blinding_groups",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="with --blind, the parameters matching REGEX share one offset, keeping their ratios (repeatable)",
+    )
     # Reading, post-fit products and output.
     f.add_argument(
         "--trust-pickle",
@@ -208,13 +228,15 @@ def _run_fit(args: argparse.Namespace, options, out: str, written: list[str]) ->
 
     def post_fit(ll, result) -> None:
         # The fit is on disk before any post-fit step runs: a failing or interrupted step cannot lose it.
+        # A blinded fit is shown (written, printed, drawn) through its blinding only.
+        show = result.blinding.apply if result.blinding is not None else (lambda r: r)
         result.timings["total"] = time.perf_counter() - t0
-        result.write(out)
+        show(result).write(out)
         written.append(out)
-        print(result.summary(max_nuisances=args.max_nuisances))
+        print(show(result).summary(max_nuisances=args.max_nuisances))
         if result.ok:
             try:
-                _post_fit(args, ll, result, log)
+                _post_fit(args, ll, result, log, show)
             except Exception as err:  # reported with the path of the fit result, which is kept
                 failed.append(f"{type(err).__name__}: {err}")
 
@@ -255,8 +277,11 @@ def _run_fit(args: argparse.Namespace, options, out: str, written: list[str]) ->
     return EXIT_OK
 
 
-def _post_fit(args: argparse.Namespace, ll, result, log) -> None:
-    """Goodness of fit, and on request impacts, scans and plots; stored in ``result.extra``."""
+def _post_fit(args: argparse.Namespace, ll, result, log, show) -> None:
+    """Goodness of fit, and on request impacts, scans and plots; stored in ``result.extra``.
+
+    They are computed from the fitted values; ``show`` gives what may be printed and drawn (the blinded result).
+    """
     import numpy as np
 
     from wfit.fitter.toys import goodness_of_fit
@@ -274,6 +299,8 @@ def _post_fit(args: argparse.Namespace, ll, result, log) -> None:
         result.extra.update({"impacts": imp.values, "impacts_grouped": imp.grouped,
                              "impact_groups": np.array(imp.groups)})
         result.timings["impacts"] = time.perf_counter() - t
+        if result.blinding is not None:
+            imp = result.blinding.apply_impacts(imp)
         for poi in imp.pois[:3]:
             top = ", ".join(f"{n} {v:+.3g}" for n, v in imp.ranked(poi, 5))
             print(f"largest impacts on {poi}: {top}")
@@ -282,13 +309,14 @@ def _post_fit(args: argparse.Namespace, ll, result, log) -> None:
 
         log(f"wfit: scanning {param}")
         sc = scan(ll, result, param)
-        lo, hi = sc.interval()
         result.extra[f"scan_{param}"] = np.column_stack([sc.points[:, 0], sc.q])
+        shown = show(result).extra[f"scan_{param}"]
+        lo, hi = sc.interval(points=shown[:, 0])
         print(f"profile scan of {param}: 68% interval [{lo:.6g}, {hi:.6g}]")
     if args.plots:
         from wfit.fitter.plots import plot_all
 
-        paths = plot_all(ll, result, args.plots, imp)
+        paths = plot_all(ll, show(result), args.plots, imp)
         print(f"plots written to {args.plots}: {', '.join(os.path.basename(p) for p in paths)}")
 
 

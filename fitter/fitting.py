@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from wfit.fitter._tf import tf
+from wfit.fitter.blinding import Blinding
 from wfit.fitter.likelihood import Likelihood
 from wfit.fitter.minimize import edm_and_covariance, minimize
 from wfit.fitter.options import FitOptions, describe_priors
@@ -103,12 +104,14 @@ def fit_workspace(
         callback: Progress hook ``callback(iteration, nll, edm)``.
         log: Receives one line per stage (the workspace read, the device and data set of the fit).
         post_fit: Called as ``post_fit(likelihood, result)`` after the fit, before returning: what needs
-            the likelihood (goodness of fit, impacts, scans) without building it twice.
+            the likelihood (goodness of fit, impacts, scans) without building it twice. In a blinded fit it
+            receives the fitted values with ``result.blinding`` set; what it adds to ``result.extra`` (impacts,
+            scans) is blinded with the rest.
         **changes: Options that replace those of ``options``, by name (``tol=1e-12``); a name that is
             not a :class:`FitOptions` field is a ``TypeError``.
 
     Returns:
-        The :class:`FitResult`; check ``result.status`` (or ``result.ok``). ``result.options`` holds
+        The :class:`FitResult` (with ``blind``, as shown: :meth:`~wfit.fitter.blinding.Blinding.apply`); check ``result.status`` (or ``result.ok``). ``result.options`` holds
         :meth:`FitOptions.to_dict` with the device that TensorFlow used (e.g. ``"/CPU:0"``).
 
     Example:
@@ -156,6 +159,10 @@ def fit_workspace(
         say("the file has a data covariance (hdata_cov_inv), unused by this Poisson fit, as by rabbit without "
             "--covarianceFit; covariance_fit=True (--covariance-fit) fits with it")
     priors = prior_indices(ws, opts.priors)
+    try:
+        blinding = Blinding.for_fit(ws, opts, ws.data_obs if data is None else data)
+    except ValueError as err:  # an unblind pattern or blinding group that matches nothing
+        raise WorkspaceError(f"{ws.path}: {err}") from err
     tf.random.set_seed(opts.seed)
     try:
         ll = Likelihood(ws, bb_lite=opts.bb_lite, device=opts.device, data=data,
@@ -170,14 +177,20 @@ def fit_workspace(
         which = f"pseudo-data {opts.pseudodata!r}"
     model = "chi-square with the data covariance" if opts.covariance_fit else "Poisson"
     say(f"fitting on {ll.device} ({which}, {model}, BB-lite {'on' if opts.bb_lite else 'off'})")
+    if blinding is not None:
+        say(f"blinded: {len(blinding.names)} parameters are shown with hidden offsets"
+            + (f" (unblinded: {', '.join(opts.unblind)})" if opts.unblind else ""))
+    elif opts.blind:
+        say("not blinded: the Asimov fit's POIs are the prediction")
     if opts.priors:
         say(f"Gaussian priors (maximum a posteriori): {describe_priors(opts.priors)}")
     result = fit(ll, tol=opts.tol, max_iter=opts.max_iter, poi_nonnegative=opts.poi_nonnegative, callback=callback)
     result.timings = {"load": t1 - t0, "setup": t2 - t1, **result.timings}
     result.options = {**opts.to_dict(), "device": ll.device}
+    result.blinding = blinding
     if post_fit is not None:
         post_fit(ll, result)
-    return result
+    return result if blinding is None else blinding.apply(result)
 
 
 def close_names(name: str, names: Sequence[str]) -> str:

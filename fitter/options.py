@@ -44,6 +44,13 @@ class FitOptions:
             ``0.5 ((x - mean) / sigma)^2`` to the NLL, so the fit is a maximum a posteriori and its
             covariance the posterior's (e.g. ``(("W_L", 1.0, 0.3),)`` holds a longitudinal helicity
             component to +-30%). A nuisance that already has a constraint cannot take one.
+        blind: Show the POIs and the nuisances of interest with deterministic hidden offsets
+            (:mod:`wfit.fitter.blinding`) in the result, its file, the printed table and the figures; fits of the
+            Asimov data set are not blinded.
+        unblind: With ``blind``, the names or regular expressions (matched against whole names) of the
+            parameters shown as fitted, e.g. ``("W_L.*",)``.
+        blinding_groups: With ``blind``, regular expressions whose matching parameters share one offset, so that
+            their ratios (POIs) or differences (nuisances) stay visible.
 
     Example:
         >>> from wfit.fitter import FitOptions
@@ -68,9 +75,12 @@ class FitOptions:
     pseudodata: str | None = None
     covariance_fit: bool = False
     priors: tuple[tuple[str, float, float], ...] = ()
+    blind: bool = False
+    unblind: tuple[str, ...] = ()
+    blinding_groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("asimov", "bb_lite", "poi_nonnegative", "covariance_fit"):
+        for name in ("asimov", "bb_lite", "poi_nonnegative", "covariance_fit", "blind"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "must be True or False")
         if not (
@@ -99,6 +109,11 @@ class FitOptions:
         object.__setattr__(self, "max_iter", int(self.max_iter))
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "priors", _priors(self.priors))
+        for name in ("unblind", "blinding_groups"):
+            patterns = _patterns(name, getattr(self, name))
+            if patterns and not self.blind:
+                _fail(name, getattr(self, name), "only has an effect on a blinded fit: add blind=True (--blind)")
+            object.__setattr__(self, name, patterns)
 
     @classmethod
     def resolve(cls, options: FitOptions | None = None, **changes: Any) -> FitOptions:
@@ -139,6 +154,8 @@ class FitOptions:
         """The options as a JSON-able dict (what a Dask task receives and a result file stores)."""
         out = dataclasses.asdict(self)
         out["priors"] = [list(p) for p in self.priors]
+        out["unblind"] = list(self.unblind)
+        out["blinding_groups"] = list(self.blinding_groups)
         return out
 
     @classmethod
@@ -186,6 +203,20 @@ def _priors(value: Any) -> tuple[tuple[str, float, float], ...]:
     if twice:
         _fail("priors", value, f"{twice} carry more than one prior: give each parameter one")
     return tuple(out)
+
+
+def _patterns(name: str, value: Any) -> tuple[str, ...]:
+    """Parameter names or regular expressions as a tuple of distinct non-empty strings (lists from JSON too)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        _fail(name, value, "a sequence of parameter names or regular expressions, e.g. ('W_L.*',)")
+    for pattern in value:
+        if not (isinstance(pattern, str) and pattern):
+            _fail(name, value, "each entry must be a non-empty parameter name or regular expression")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            _fail(name, value, f"{pattern!r} is not a regular expression ({err})")
+    return tuple(dict.fromkeys(value))
 
 
 def _is_int(value: Any) -> bool:

@@ -40,6 +40,10 @@ class FitResult:
             (``FitOptions.from_dict(options, strict=False)`` reads them back); a cluster fit adds the
             ``worker`` and its ``resources``.
         version: wfit version that made the result.
+        extra: Post-fit products by name (goodness of fit, impacts, scans), written under ``extra/``.
+        blinding: The :class:`~wfit.fitter.blinding.Blinding` of a blinded fit whose values are still the fitted
+            ones (what ``fit_workspace``'s ``post_fit`` hook receives); not written. A shown (blinded) result has
+            ``options["blinded"]`` instead.
     """
 
     names: list[str]
@@ -57,6 +61,7 @@ class FitResult:
     options: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    blinding: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +100,10 @@ class FitResult:
         priors = (self.options or {}).get("priors") or []
         if priors:
             lines.append(f"-- Gaussian priors (maximum a posteriori): {describe_priors(priors)}")
+        blinded = (self.options or {}).get("blinded") or []
+        if blinded:
+            lines.append(f"-- BLINDED: {len(blinded)} parameters shown with hidden offsets ({', '.join(blinded[:4])}"
+                         f"{', ...' if len(blinded) > 4 else ''}); --unblind NAME reveals one")
         lines.append("-" * 58)
         lines.append(
             f"NLL = {self.nll:.6f}   EDM = {self.edm:.3g}   status = {int(self.status)} "

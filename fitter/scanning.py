@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wfit.fitter.blinding import require_unblinded
 from wfit.fitter.likelihood import Likelihood
 from wfit.fitter.minimize import minimize
 from wfit.fitter.result import FitResult
@@ -37,11 +38,14 @@ class Scan:
     status: np.ndarray
     profiled: np.ndarray
 
-    def interval(self, level: float = 1.0) -> tuple[float, float]:
-        """Crossings of ``q = level`` of a 1-D scan (linear interpolation), e.g. the 68% interval."""
+    def interval(self, level: float = 1.0, points: np.ndarray | None = None) -> tuple[float, float]:
+        """Crossings of ``q = level`` of a 1-D scan (linear interpolation), e.g. the 68% interval.
+
+        ``points`` replaces the scanned values by values they map to one to one (e.g. the blinded ones).
+        """
         if self.points.shape[1] != 1:
             raise ValueError("interval() is for 1-D scans")
-        x, q = self.points[:, 0], self.q
+        x, q = (self.points[:, 0] if points is None else np.asarray(points, dtype=np.float64)), self.q
         imin = int(np.argmin(q))
         lo = hi = np.nan
         for i in range(imin, 0, -1):
@@ -56,6 +60,7 @@ class Scan:
 
 
 def _scan(ll: Likelihood, result: FitResult, params: Sequence[str], grid: np.ndarray, tol: float) -> Scan:
+    require_unblinded(result, "a likelihood scan")
     idx = [result.index(p) for p in params]
     fixed = np.zeros(ll.nparams, dtype=bool)
     fixed[idx] = True
