@@ -5,16 +5,17 @@ Usage::
     wfit fit WORKSPACE [-o RESULT.hdf5] [--asimov | --pseudodata NAME] [--covariance-fit]
                        [--no-bb-lite] [--device cpu|gpu] [--tol 1e-10] [--max-iter 200] [--seed 0]
                        [--poi-nonnegative] [--trust-pickle] [--impacts] [--scan PARAM ...] [--plots DIR]
-                       [-q] [-v]
+                       [--derived EXPR ...] [-q] [-v]
 
 The fit options map one to one onto :class:`wfit.fitter.FitOptions`, and the fit is
 :func:`wfit.fitter.fit_workspace`, as from Python. TensorFlow's start-up lines are shown with ``-v`` only.
 
 Checked before the fit (exit 2, one line): the workspace, the options, the result file (``-o`` must not be
-the workspace under any spelling, and its folder must be creatable and writable), the ``--plots`` folder and
-the ``--scan`` parameters. The result is written as soon as the fit ends, before the post-fit steps (goodness
-of fit, impacts, scans, plots), and again with their products: a post-fit step that fails leaves the fit result
-on disk (exit 3).
+the workspace under any spelling, and its folder must be creatable and writable), the ``--plots`` folder,
+the ``--scan`` parameters and the ``--derived`` expressions (parsed, :mod:`wfit.fitter.quantities`, and
+checked against the workspace's masked channels). The result is written as soon as the fit ends, before the
+post-fit steps (goodness of fit, derived quantities, impacts, scans, plots), and again with their products: a
+post-fit step that fails leaves the fit result on disk (exit 3).
 
 Exit codes: 0 converged; 1 the fit did not converge (status printed); 2 bad input or options; 3 a post-fit step
 failed (the fit result is written); 130 interrupted (Ctrl-C; the line says whether the result was written).
@@ -57,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="bb_lite",
         action="store_false",
         help="switch off the Barlow-Beeston lite MC-statistics treatment",
+    )
+    f.add_argument(
+        "--bb-full",
+        action="store_true",
+        help="full Barlow-Beeston: one gamma-constrained factor per bin and process (rabbit main's "
+        "--binByBinStatMode full)",
     )
     f.add_argument(
         "--device",
@@ -123,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--impacts", action="store_true", help="compute per-nuisance and grouped impacts on the POIs")
     f.add_argument("--scan", action="append", default=[], metavar="PARAM",
                    help="1-D profile likelihood scan of PARAM (repeatable)")
+    f.add_argument("--derived", action="append", default=[], metavar="EXPR",
+                   help="derived quantity of masked channels, stored with the joint covariance of all of them "
+                        "(repeatable), e.g. 'asymmetry(xsec, charge)', 'normalize(project(xsec, absy))', "
+                        "'ratio(select(xsec, charge=0), select(xsec, charge=1))'; grammar in wfit.fitter.quantities")
     f.add_argument("--plots", metavar="DIR", default=None,
                    help="write post-fit plots (pulls, correlations, pre/post-fit templates, impacts) to DIR")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -211,6 +222,18 @@ def _unknown_scans(params: list[str], names: list[str]) -> str | None:
             f"{names[:5]}... and the nuisances of hsysts")
 
 
+def _derived_problem(expressions: list[str], ws) -> str | None:
+    """The error for a ``--derived`` expression that does not parse or does not fit the workspace; None if all do."""
+    from wfit.fitter.quantities import parse_quantity
+
+    for text in expressions:
+        try:
+            parse_quantity(text).structure(ws)
+        except ValueError as err:
+            return f"--derived {text!r}: {err}"
+    return None
+
+
 def _run_fit(args: argparse.Namespace, options, out: str, written: list[str]) -> int:
     from wfit.workspace import WorkspaceError, read_workspace
 
@@ -251,6 +274,8 @@ def _run_fit(args: argparse.Namespace, options, out: str, written: list[str]) ->
                 prior_indices(ws, options.priors)
             except ValueError as err:
                 problem = f"--prior: {err}"
+        if problem is None:
+            problem = _derived_problem(args.derived, ws)
         if problem is not None:
             print(f"wfit: error: {problem}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -290,6 +315,14 @@ def _post_fit(args: argparse.Namespace, ll, result, log, show) -> None:
     result.extra["gof"] = np.array([gof.chi2, gof.ndf, gof.p_value])
     print(f"saturated goodness of fit: chi2 = {gof.chi2:.2f} for {gof.ndf} degrees of freedom, "
           f"p-value = {gof.p_value:.3f}")
+    if args.derived:  # evaluated at the shown parameters of a blinded fit, so blinded too
+        from wfit.fitter.derived import evaluate
+
+        t = time.perf_counter()
+        derived = evaluate(ll, result, *args.derived)
+        result.extra.update(derived.as_arrays())
+        result.timings["derived"] = time.perf_counter() - t
+        print(derived.summary())
     imp = None
     if args.impacts or args.plots:
         from wfit.fitter.breakdown import impacts

@@ -151,7 +151,7 @@ def fit_workspace(
             "is missing: covariance_fit (--covariance-fit) needs the inverse data covariance; write it with "
             "rabbit's TensorWriter.add_data_covariance, or fit without the option",
         )
-    mixed = _bins_mixing_zero_variance(ws) if opts.bb_lite else 0
+    mixed = _bins_mixing_zero_variance(ws) if opts.bb_lite and not opts.bb_full else 0
     if mixed:
         say(f"{mixed} bins hold processes without MC statistics (sumw2 = 0) beside processes with them: "
             "BB-lite scales all of them, as rabbit 0.2.5 does; rabbit main leaves those processes unscaled")
@@ -166,7 +166,7 @@ def fit_workspace(
     tf.random.set_seed(opts.seed)
     try:
         ll = Likelihood(ws, bb_lite=opts.bb_lite, device=opts.device, data=data,
-                        covariance_fit=opts.covariance_fit, priors=priors)
+                        covariance_fit=opts.covariance_fit, priors=priors, bb_full=opts.bb_full)
     except ValueError as err:  # data the likelihood cannot take (e.g. negative pseudo-data in a Poisson fit)
         raise WorkspaceError(str(err)) from err
     if opts.asimov:
@@ -176,7 +176,8 @@ def fit_workspace(
     if opts.pseudodata is not None:
         which = f"pseudo-data {opts.pseudodata!r}"
     model = "chi-square with the data covariance" if opts.covariance_fit else "Poisson"
-    say(f"fitting on {ll.device} ({which}, {model}, BB-lite {'on' if opts.bb_lite else 'off'})")
+    bb = "full Barlow-Beeston" if opts.bb_full else f"BB-lite {'on' if opts.bb_lite else 'off'}"
+    say(f"fitting on {ll.device} ({which}, {model}, {bb})")
     if blinding is not None:
         say(f"blinded: {len(blinding.names)} parameters are shown with hidden offsets"
             + (f" (unblinded: {', '.join(opts.unblind)})" if opts.unblind else ""))

@@ -31,6 +31,10 @@ Model (the conventions of rabbit, 0.2.5 and main, and of CMS combine):
     gives the chi-square with ``C_eff = (C^-1 + diag(sigma^2))^-1 = C - C S (1 + S C S)^-1 S C``
     (Woodbury; ``S = diag(sigma)``) and residual ``n - nu - S beta0``.
 
+* Full Barlow-Beeston (``bb_full``, rabbit main's ``--binByBinStatMode full --binByBinStatType gamma``): one
+  gamma-constrained factor per bin and process, profiled per bin (:mod:`wfit.fitter.bbfull`); the gradient
+  and Hessian then come from autodiff, at a cost of about one backward pass per parameter.
+
 With Poisson data every bin's NLL depends on the parameters only through its total yield ``nu_b``,
 so with ``g_b(nu_b)`` the profiled per-bin NLL,
 
@@ -59,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from wfit.fitter._tf import tf, to_tensor
+from wfit.fitter.bbfull import profiled_bins
 from wfit.fitter.blocks import CompactBlock, iter_compact_blocks
 from wfit.fitter.traced import JITTED, Block, flatten, shared_function
 from wfit.workspace import Workspace
@@ -102,6 +107,8 @@ class Likelihood:
         covariance_fit: The chi-square fit with the workspace's inverse data covariance
             (``ws.data_cov_inv``, rabbit's ``--covarianceFit``) instead of Poisson terms.
         priors: Gaussian priors ``(parameter index, mean, sigma)`` (:func:`wfit.fitter.fitting.prior_indices`).
+        bb_full: Full Barlow-Beeston instead of lite (:mod:`wfit.fitter.bbfull`): one gamma-constrained factor
+            per bin and process, profiled by a per-bin solve; its derivatives come from TensorFlow's autodiff.
         device: ``"cpu"``, ``"gpu"`` or a TensorFlow device string; ``None`` picks the GPU when
             TensorFlow sees one.
         block_bytes: Target size in bytes of one block of the (uncompacted) log(kappa) tensor.
@@ -126,6 +133,7 @@ class Likelihood:
         jit_compile: bool | None = None,
         covariance_fit: bool = False,
         priors: Sequence[tuple[int, float, float]] = (),
+        bb_full: bool = False,
     ) -> None:
         if ws.systematic_type not in SYSTEMATIC_TYPES:
             raise ValueError(f"{ws.path}: systematic type {ws.systematic_type!r}; wfit models {SYSTEMATIC_TYPES}")
@@ -134,8 +142,12 @@ class Likelihood:
                 f"{ws.path}: covariance_fit needs the inverse data covariance hdata_cov_inv, which the file lacks "
                 "(rabbit's TensorWriter writes it after add_data_covariance or add_to_data_covariance)"
             )
+        if bb_full and (not bb_lite or covariance_fit):
+            raise ValueError("full Barlow-Beeston is a Poisson fit's MC-statistics treatment: it needs bb_lite=True "
+                             "and covariance_fit=False")
         self.ws = ws
         self.bb_lite = bool(bb_lite)
+        self.bb_full = bool(bb_full)
         self.additive = ws.systematic_type == "normal"
         self.covariance_fit = bool(covariance_fit)
         self.device = resolve_device(device)
@@ -162,14 +174,17 @@ class Likelihood:
             self._theta0 = tf.Variable(np.zeros(nsyst), dtype=tf.float64, trainable=False, name="theta0")
             self._nobs = tf.Variable(np.zeros(nb), dtype=tf.float64, trainable=False, name="nobs")
             self._lognobs = tf.Variable(np.zeros(nb), dtype=tf.float64, trainable=False, name="lognobs")
-            sumw = ws.sumw[:nb].sum(axis=1)
-            varw = ws.sumw2[:nb].sum(axis=1)
+            # BB-lite: per bin; full: per bin and process, for the processes with MC statistics and a yield
+            sumw = ws.sumw[:nb] if self.bb_full else ws.sumw[:nb].sum(axis=1)
+            varw = ws.sumw2[:nb] if self.bb_full else ws.sumw2[:nb].sum(axis=1)
             with np.errstate(divide="ignore", invalid="ignore"):
                 kstat = sumw**2 / varw
             bbmask = (varw == 0.0) | (kstat == 0.0) | ~np.isfinite(kstat)
+            if self.bb_full:
+                bbmask |= ws.norm[:nb] <= 0.0
             self._kstat = tf.constant(np.where(bbmask, 1.0, kstat))
             self._bbmask = tf.constant(bbmask)
-            self._beta0 = tf.Variable(np.ones(nb), dtype=tf.float64, trainable=False, name="beta0")
+            self._beta0 = tf.Variable(np.ones(bbmask.shape), dtype=tf.float64, trainable=False, name="beta0")
             if self.covariance_fit:
                 self._setup_covariance(ws.data_cov_inv, np.sqrt(varw))
             self._prior_idx = self._prior_mean = self._prior_w = None
@@ -185,7 +200,8 @@ class Likelihood:
 
         spec = [tf.TensorSpec([self.nparams], tf.float64)]
         small = self.stored_bytes < 4 * 1024**2 and len(self._blocks) + len(self._mblocks) <= 8
-        jit = small if jit_compile is None else bool(jit_compile)
+        # the autodiff Hessian of full Barlow-Beeston (a vectorised jacobian) does not compile with XLA
+        jit = (small and not self.bb_full) if jit_compile is None else bool(jit_compile)
         self._jit = jit
         self._x_spec = spec[0]
         self._flat, self._layout = flatten(self)
@@ -260,7 +276,8 @@ class Likelihood:
         self._lognobs.assign(np.log(np.where(nobs > 0, nobs, 1.0)))
         self._theta0.assign(np.zeros(self.nsyst) if theta0 is None else np.asarray(theta0, dtype=np.float64))
         # the additive beta of the chi-square fit is centred on 0, the multiplicative one on 1
-        default_beta0 = np.zeros(self.ws.nbins) if self.covariance_fit else np.ones(self.ws.nbins)
+        shape = tuple(self._beta0.shape)
+        default_beta0 = np.zeros(shape) if self.covariance_fit else np.ones(shape)
         self._beta0.assign(default_beta0 if beta0 is None else np.asarray(beta0, dtype=np.float64))
 
     def _describe_bin(self, b: int) -> str:
@@ -276,12 +293,14 @@ class Likelihood:
 
     @property
     def bb_masked(self) -> np.ndarray:
-        """Unmasked bins without Barlow-Beeston treatment (no MC statistics: sum w^2 = 0 or sum w = 0)."""
+        """Unmasked bins without Barlow-Beeston treatment (no MC statistics: sum w^2 = 0 or sum w = 0); with full
+        Barlow-Beeston, the [bins, processes] without a factor."""
         return self._bbmask.numpy()
 
     @property
     def kstat(self) -> np.ndarray:
-        """Effective MC statistics per unmasked bin, ``(sum w)^2 / sum w^2``."""
+        """Effective MC statistics per unmasked bin, ``(sum w)^2 / sum w^2`` (per bin and process with full
+        Barlow-Beeston)."""
         return self._kstat.numpy()
 
     # ------------------------------------------------------------------------------- traced functions
@@ -425,7 +444,38 @@ class Likelihood:
         """``n - nu - S beta0``: the residual of the chi-square with the profiled additive beta."""
         return self._nobs - nu_all - self._sigma * self._beta0
 
+    def _penalty(self, x):
+        """The constraint and prior terms of the NLL."""
+        f = 0.5 * tf.reduce_sum(self._cw * tf.square(x[self.npoi :] - self._theta0))
+        if self._prior_idx is not None:  # Gaussian priors (maximum a posteriori)
+            f = f + 0.5 * tf.reduce_sum(self._prior_w * tf.square(tf.gather_nd(x, self._prior_idx) - self._prior_mean))
+        return f
+
+    def _full_bb(self, x, profile_bb: bool = True):
+        """Full Barlow-Beeston: the per-bin profiled terms and totals."""
+        m = self._process_yields(x, masked=False)
+        terms, nu, _ = profiled_bins(m, self._nobs, self._lognobs, self._kstat, self._beta0,
+                                     tf.logical_not(self._bbmask), profile_bb)
+        return terms, nu
+
+    def _evaluate_autodiff(self, x, order: int, profile_bb: bool):
+        """NLL, gradient and Hessian by autodiff (full Barlow-Beeston, whose per-bin solve has no closed form)."""
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                f = tf.reduce_sum(self._full_bb(x, profile_bb)[0]) + self._penalty(x)
+            if order == 0:
+                return f
+            g = inner.gradient(f, x)
+        if order == 1:
+            return f, g
+        h = outer.jacobian(g, x)
+        return f, g, 0.5 * (h + tf.transpose(h))
+
     def _evaluate(self, x, order: int, profile_bb: bool = True):
+        if self.bb_full:
+            return self._evaluate_autodiff(x, order, profile_bb)
         mu, theta, r, ta, dta, d2ta = self._split(x)
         npoi, ns = self.npoi, self.nsyst
         f = tf.constant(0.0, tf.float64)
@@ -505,12 +555,11 @@ class Likelihood:
                 )
             if h_mt_k is not None:
                 h_mt = tf.transpose(tf.tensor_scatter_nd_add(tf.transpose(h_mt), cols, tf.transpose(h_mt_k)))
-        # constraints
+        # constraints and priors
+        f = f + self._penalty(x)
         dtheta = theta - self._theta0
-        f = f + 0.5 * tf.reduce_sum(self._cw * tf.square(dtheta))
-        if self._prior_idx is not None:  # Gaussian priors (maximum a posteriori)
+        if self._prior_idx is not None:
             dprior = tf.gather_nd(x, self._prior_idx) - self._prior_mean
-            f = f + 0.5 * tf.reduce_sum(self._prior_w * tf.square(dprior))
         if order == 0:
             return f
         g_theta = g_theta + self._cw * dtheta
@@ -538,6 +587,8 @@ class Likelihood:
         return f, grad, hess
 
     def _yields(self, x, bb_lite: bool):
+        if self.bb_full and bb_lite:
+            return self._full_bb(x)[1]
         _, theta, r, ta, _, _ = self._split(x)
         out = []
         if self.covariance_fit:

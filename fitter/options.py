@@ -30,6 +30,8 @@ class FitOptions:
     Attributes:
         asimov: Fit the Asimov data set (the expected yields at mu = 1, theta = 0) instead of the data.
         bb_lite: Barlow-Beeston lite treatment of the MC statistical uncertainty.
+        bb_full: Full Barlow-Beeston instead of lite: one gamma-constrained factor per bin and process (rabbit
+            main's ``--binByBinStatMode full --binByBinStatType gamma``); Poisson fits only.
         device: ``None`` (or ``"auto"``) for the GPU when TensorFlow sees one, else the CPU; ``"cpu"``,
             ``"gpu"``, or a TensorFlow device string such as ``"/GPU:1"``.
         tol: Tolerance on the estimated distance to the minimum (EDM), finite and > 0.
@@ -67,6 +69,7 @@ class FitOptions:
 
     asimov: bool = False
     bb_lite: bool = True
+    bb_full: bool = False
     device: str | None = None
     tol: float = 1e-10
     max_iter: int = 200
@@ -80,7 +83,7 @@ class FitOptions:
     blinding_groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("asimov", "bb_lite", "poi_nonnegative", "covariance_fit", "blind"):
+        for name in ("asimov", "bb_lite", "bb_full", "poi_nonnegative", "covariance_fit", "blind"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "must be True or False")
         if not (
@@ -90,6 +93,10 @@ class FitOptions:
             and self.tol > 0
         ):
             _fail("tol", self.tol, "the EDM tolerance must be a finite number > 0, e.g. 1e-10")
+        if self.bb_full and not self.bb_lite:
+            _fail("bb_full", self.bb_full, "full Barlow-Beeston replaces the lite one: keep bb_lite=True (drop --no-bb-lite)")
+        if self.bb_full and self.covariance_fit:
+            _fail("bb_full", self.bb_full, "full Barlow-Beeston is for Poisson fits, not the chi-square fit (covariance_fit)")
         if not _is_int(self.max_iter) or self.max_iter < 1:
             _fail("max_iter", self.max_iter, "the iteration limit must be an integer >= 1")
         if not _is_int(self.seed) or self.seed < 0:

@@ -48,7 +48,7 @@ STATE = (
     "_asym_idx", "_cw", "_theta0", "_nobs", "_lognobs", "_kstat", "_bbmask", "_beta0",
     "_sigma", "_cinv", "_bbmap", "_ceff", "_prior_idx", "_prior_mean", "_prior_w",
 )  # fmt: skip
-STATIC = ("npoi", "nsyst", "nparams", "_nproc", "_has_asym", "bb_lite", "additive", "covariance_fit")
+STATIC = ("npoi", "nsyst", "nparams", "_nproc", "_has_asym", "bb_lite", "bb_full", "additive", "covariance_fit")
 #: What each traced function computes, from a view of the model and the parameters.
 BODIES: dict[str, Callable[[Any, Any], Any]] = {
     "_f_nll": lambda m, x: m._evaluate(x, 0),
