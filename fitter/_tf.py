@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TF_LOG_ENV", "import_tensorflow", "tf", "tf_environ", "to_tensor"]
+__all__ = ["TF_LOG_ENV", "import_tensorflow", "resolve_device", "tf", "tf_environ", "to_tensor"]
 
 #: Environment variable: ``1`` shows TensorFlow's start-up and C++ log lines (what ``wfit fit -v`` does).
 TF_LOG_ENV = "WFIT_TF_LOG"
@@ -162,3 +162,20 @@ def to_tensor(arr: np.ndarray, device: str):
             return tf.experimental.dlpack.from_dlpack(arr.__dlpack__())
     with tf.device(device):
         return tf.identity(tf.constant(arr))
+
+
+def resolve_device(device: str | None) -> str:
+    """Map ``None``/``"auto"``/``"cpu"``/``"gpu"`` to a TensorFlow device string."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if device in (None, "auto"):
+        return gpus[0].name if gpus else "/CPU:0"
+    low = device.lower()
+    if low == "cpu":
+        return "/CPU:0"
+    if low == "gpu":
+        if not gpus:
+            raise RuntimeError(
+                "device='gpu' but TensorFlow sees no GPU; use device='cpu' or install tensorflow[and-cuda]"
+            )
+        return gpus[0].name
+    return device

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from wfit.fitter._tf import tf
 
-__all__ = ["profiled_bins"]
+__all__ = ["bin_totals", "evaluate", "profiled_bins"]
 
 _NEWTON_STEPS = 60
 
@@ -96,3 +96,33 @@ def profiled_bins(m, n, logn, k, beta0, free, profile: bool = True):
         axis=1,
     )
     return nu - n - n * (log_nu - logn) + constraint, nu, beta
+
+
+def _bins(model, x, profile: bool = True):
+    """A likelihood's per-bin profiled terms and totals at ``x``."""
+    m = model._process_yields(x, masked=False)
+    terms, nu, _ = profiled_bins(m, model._nobs, model._lognobs, model._kstat, model._beta0,
+                                 tf.logical_not(model._bbmask), profile)
+    return terms, nu
+
+
+def bin_totals(model, x):
+    """The bins' expected totals with the profiled factors (the post-fit yields)."""
+    return _bins(model, x)[1]
+
+
+def evaluate(model, x, order: int, profile: bool = True):
+    """A :class:`~wfit.fitter.likelihood.Likelihood`'s NLL (order 0), with its gradient (1) and Hessian (2), by
+    autodiff through the per-bin solve."""
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            f = tf.reduce_sum(_bins(model, x, profile)[0]) + model._penalty(x)
+        if order == 0:
+            return f
+        g = inner.gradient(f, x)
+    if order == 1:
+        return f, g
+    h = outer.jacobian(g, x)
+    return f, g, 0.5 * (h + tf.transpose(h))

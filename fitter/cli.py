@@ -134,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="derived quantity of masked channels, stored with the joint covariance of all of them "
                         "(repeatable), e.g. 'asymmetry(xsec, charge)', 'normalize(project(xsec, absy))', "
                         "'ratio(select(xsec, charge=0), select(xsec, charge=1))'; grammar in wfit.fitter.quantities")
+    f.add_argument("--toys", type=_positive, default=0, metavar="N",
+                   help="fit N frequentist toys generated at the fitted values: toy p-value of the goodness of fit "
+                   "and the POI pulls")
+    f.add_argument("--toys-batch", type=_positive, default=64, metavar="B",
+                   help="toys fitted together as one vectorised computation (default 64; 1: one at a time)")
     f.add_argument("--plots", metavar="DIR", default=None,
                    help="write post-fit plots (pulls, correlations, pre/post-fit templates, impacts) to DIR")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -153,6 +158,16 @@ def _prior(text: str) -> tuple[str, float, float]:
         return name, float(parts[0]), float(parts[1])
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give NAME=MEAN,SIGMA, e.g. W_L=1,0.3") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
+    return value
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -303,7 +318,7 @@ def _run_fit(args: argparse.Namespace, options, out: str, written: list[str]) ->
 
 
 def _post_fit(args: argparse.Namespace, ll, result, log, show) -> None:
-    """Goodness of fit, and on request impacts, scans and plots; stored in ``result.extra``.
+    """Goodness of fit, and on request impacts, scans, toys and plots; stored in ``result.extra``.
 
     They are computed from the fitted values; ``show`` gives what may be printed and drawn (the blinded result).
     """
@@ -346,6 +361,22 @@ def _post_fit(args: argparse.Namespace, ll, result, log, show) -> None:
         shown = show(result).extra[f"scan_{param}"]
         lo, hi = sc.interval(points=shown[:, 0])
         print(f"profile scan of {param}: 68% interval [{lo:.6g}, {hi:.6g}]")
+    if args.toys:
+        from wfit.fitter.toys import run_toys
+
+        t = time.perf_counter()
+        toys = run_toys(ll, args.toys, seed=result.options.get("seed", 0), x_gen=result.values,
+                        batch_size=None if args.toys_batch == 1 or ll.bb_full else args.toys_batch,
+                        progress=not args.quiet)
+        result.timings["toys"] = time.perf_counter() - t
+        ok = toys.ok
+        pulls = (toys.values[:, : ll.npoi] - result.values[: ll.npoi]) / toys.errors[:, : ll.npoi]
+        result.extra.update({"toys_gof": toys.gof, "toys_poi_pulls": pulls, "toys_status": toys.status})
+        p_toys = float(np.mean(toys.gof[ok] >= gof.chi2)) if ok.any() else float("nan")
+        result.extra["gof_toys_p_value"] = np.array(p_toys)
+        print(f"toys: {int(ok.sum())} of {args.toys} converged in {result.timings['toys']:.1f} s; goodness of fit "
+              f"p-value from the toys {p_toys:.3f}; POI pulls mean {np.nanmean(pulls[ok]):+.3f}, "
+              f"width {np.nanstd(pulls[ok]):.3f}")
     if args.plots:
         from wfit.fitter.plots import plot_all
 

@@ -62,10 +62,10 @@ from typing import Any
 
 import numpy as np
 
-from wfit.fitter._tf import tf, to_tensor
-from wfit.fitter.bbfull import profiled_bins
+from wfit.fitter._tf import resolve_device, tf, to_tensor
+from wfit.fitter import bbfull
 from wfit.fitter.blocks import CompactBlock, iter_compact_blocks
-from wfit.fitter.traced import JITTED, Block, flatten, shared_function
+from wfit.fitter.traced import JITTED, Block, call_batch, flatten, shared_batch_function, shared_function
 from wfit.workspace import Workspace
 from wfit.workspace.schema import SYSTEMATIC_TYPES
 
@@ -334,6 +334,20 @@ class Likelihood:
         f, g, h = self._call("_f_hess", x)
         return float(f), g.numpy(), h.numpy()
 
+    def nll_grad_hess_batch(
+        self, x: np.ndarray, nobs: np.ndarray, theta0: np.ndarray, beta0: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """NLL [N], gradient [N, nparams] and Hessian [N, nparams, nparams] of N data sets (toys) at N points,
+        as one vectorised computation (:func:`wfit.fitter.traced.shared_batch_function`).
+
+        ``nobs`` [N, bins], ``theta0`` [N, nsyst] and ``beta0`` [N, ...] replace the data and global observables
+        of :meth:`set_data` for each toy; the likelihood's own data are not changed.
+        """
+        fn = self._fns.get("_f_hess_batch")
+        if fn is None:
+            fn = self._fns["_f_hess_batch"] = shared_batch_function(self, self._flat, self._layout)
+        return call_batch(fn, self._flat, x, nobs, theta0, beta0)
+
     def hessian_fixed_beta(self, x: np.ndarray) -> np.ndarray:
         """The Hessian with the BB-lite parameters held at their profiled values (no MC-stat part)."""
         return self._call("_f_hess_fixed_beta", x)[2].numpy()
@@ -451,31 +465,9 @@ class Likelihood:
             f = f + 0.5 * tf.reduce_sum(self._prior_w * tf.square(tf.gather_nd(x, self._prior_idx) - self._prior_mean))
         return f
 
-    def _full_bb(self, x, profile_bb: bool = True):
-        """Full Barlow-Beeston: the per-bin profiled terms and totals."""
-        m = self._process_yields(x, masked=False)
-        terms, nu, _ = profiled_bins(m, self._nobs, self._lognobs, self._kstat, self._beta0,
-                                     tf.logical_not(self._bbmask), profile_bb)
-        return terms, nu
-
-    def _evaluate_autodiff(self, x, order: int, profile_bb: bool):
-        """NLL, gradient and Hessian by autodiff (full Barlow-Beeston, whose per-bin solve has no closed form)."""
-        with tf.GradientTape() as outer:
-            outer.watch(x)
-            with tf.GradientTape() as inner:
-                inner.watch(x)
-                f = tf.reduce_sum(self._full_bb(x, profile_bb)[0]) + self._penalty(x)
-            if order == 0:
-                return f
-            g = inner.gradient(f, x)
-        if order == 1:
-            return f, g
-        h = outer.jacobian(g, x)
-        return f, g, 0.5 * (h + tf.transpose(h))
-
     def _evaluate(self, x, order: int, profile_bb: bool = True):
         if self.bb_full:
-            return self._evaluate_autodiff(x, order, profile_bb)
+            return bbfull.evaluate(self, x, order, profile_bb)
         mu, theta, r, ta, dta, d2ta = self._split(x)
         npoi, ns = self.npoi, self.nsyst
         f = tf.constant(0.0, tf.float64)
@@ -588,7 +580,7 @@ class Likelihood:
 
     def _yields(self, x, bb_lite: bool):
         if self.bb_full and bb_lite:
-            return self._full_bb(x)[1]
+            return bbfull.bin_totals(self, x)
         _, theta, r, ta, _, _ = self._split(x)
         out = []
         if self.covariance_fit:
@@ -618,20 +610,3 @@ class Likelihood:
                 idx = tf.stack([blk.row_bin, blk.row_proc], axis=1)
                 out.append(tf.scatter_nd(idx, nu, [blk.nb, self._nproc]))
         return tf.concat(out, axis=0)
-
-
-def resolve_device(device: str | None) -> str:
-    """Map ``None``/``"auto"``/``"cpu"``/``"gpu"`` to a TensorFlow device string."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if device in (None, "auto"):
-        return gpus[0].name if gpus else "/CPU:0"
-    low = device.lower()
-    if low == "cpu":
-        return "/CPU:0"
-    if low == "gpu":
-        if not gpus:
-            raise RuntimeError(
-                "device='gpu' but TensorFlow sees no GPU; use device='cpu' or install tensorflow[and-cuda]"
-            )
-        return gpus[0].name
-    return device

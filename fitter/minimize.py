@@ -22,7 +22,7 @@ import numpy as np
 from scipy import linalg
 from threadpoolctl import threadpool_limits
 
-__all__ = ["FitStatus", "MinimizeResult", "edm_and_covariance", "minimize"]
+__all__ = ["FitStatus", "MinimizeResult", "edm_and_covariance", "minimize", "minimize_batch"]
 
 
 class FitStatus(enum.IntEnum):
@@ -268,3 +268,125 @@ def _minimize(fgh, x0, *, tol, max_iter, lower, fixed, initial_radius, callback)
         history=history,
         seconds=time.perf_counter() - t0,
     )
+
+
+def minimize_batch(
+    fgh: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    x0: np.ndarray,
+    *,
+    tol: float = 1e-10,
+    max_iter: int = 200,
+    initial_radius: float = 1.0,
+) -> list[MinimizeResult]:
+    """Minimise N independent problems together: :func:`minimize`'s trust-region Newton method, vectorised.
+
+    Each problem keeps its own trust region, step acceptance and stopping rule (the EDM below ``tol`` at a
+    positive-definite Hessian), and stops being evaluated once it has converged or failed.
+
+    Args:
+        fgh: ``fgh(x, active)`` returns the NLL [k], gradients [k, n] and Hessians [k, n, n] of the problems
+            ``active`` (indices into the N) at the points ``x`` [k, n].
+        x0: [N, n] starting points.
+
+    Returns:
+        One :class:`MinimizeResult` per problem (``nfev`` counts the batched evaluations it took part in).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _minimize_batch(fgh, x0, tol=tol, max_iter=max_iter, initial_radius=initial_radius)
+
+
+def _batch_steps(g: np.ndarray, h: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Solutions of min g.p + 0.5 p.H.p with |p| <= radius for a stack of problems (eigen-decompositions;
+    the shift of the secular equation by bisection, vectorised)."""
+    lam, q = np.linalg.eigh(h)
+    gq = np.einsum("kji,kj->ki", q, g)
+    lmin = lam[:, 0]
+    lo = np.maximum(0.0, -lmin) + 1e-15 * np.maximum(1.0, np.abs(lmin))
+    hi = lo + np.linalg.norm(g, axis=1) / radius + np.abs(lam[:, -1])
+    newton_ok = lmin > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        newton = -gq / lam
+    inside = newton_ok & (np.linalg.norm(np.where(newton_ok[:, None], newton, 0.0), axis=1) <= radius)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        too_long = np.linalg.norm(gq / (lam + mid[:, None]), axis=1) > radius
+        lo, hi = np.where(too_long, mid, lo), np.where(too_long, hi, mid)
+        if np.all(hi - lo <= 1e-12 * hi):
+            break
+    shifted = -gq / (lam + hi[:, None])
+    p = np.where(inside[:, None], np.where(newton_ok[:, None], newton, 0.0), shifted)
+    return np.einsum("kij,kj->ki", q, p)
+
+
+def _minimize_batch(fgh, x0, *, tol, max_iter, initial_radius) -> list[MinimizeResult]:
+    t0 = time.perf_counter()
+    x = np.array(x0, dtype=np.float64)
+    ntoy, n = x.shape
+    every = np.arange(ntoy)
+    f, g, h = (np.array(a, dtype=np.float64) for a in fgh(x, every))
+    nfev = np.ones(ntoy, dtype=int)
+    radius = np.full(ntoy, float(initial_radius) * np.sqrt(n))
+    scale = np.sqrt(np.abs(np.einsum("kii->ki", h)))
+    status = np.full(ntoy, int(FitStatus.MAX_ITERATIONS))
+    niter = np.zeros(ntoy, dtype=int)
+    edm = np.full(ntoy, np.nan)
+    active = np.ones(ntoy, dtype=bool)
+    history: list[list[float]] = [[float(v)] for v in f]
+    for it in range(1, max_iter + 1):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        niter[idx] = it
+        fi, gi, hi = f[idx], g[idx], h[idx]
+        finite = np.isfinite(fi) & np.all(np.isfinite(gi), axis=1) & np.all(np.isfinite(hi), axis=(1, 2))
+        status[idx[~finite]] = int(FitStatus.NON_FINITE)
+        active[idx[~finite]] = False
+        idx, fi, gi, hi = idx[finite], fi[finite], gi[finite], hi[finite]
+        for j, k in enumerate(idx):  # the EDM by Cholesky, as minimize() (small matrices)
+            edm[k] = edm_and_covariance(gi[j], hi[j])[0]
+        done = np.isfinite(edm[idx]) & (edm[idx] < tol)
+        status[idx[done]] = int(FitStatus.CONVERGED)
+        active[idx[done]] = False
+        keep = ~done
+        idx, fi, gi, hi = idx[keep], fi[keep], gi[keep], hi[keep]
+        if idx.size == 0:
+            continue
+        scale[idx] = np.maximum(scale[idx], np.sqrt(np.abs(np.einsum("kii->ki", hi))))
+        d = np.where(scale[idx] > 0, scale[idx], 1.0)
+        gs, hs = gi / d, hi / (d[:, :, None] * d[:, None, :])
+        step = _batch_steps(gs, hs, radius[idx]) / d
+        xn = x[idx] + step
+        pred = -(np.einsum("ki,ki->k", gi, step) + 0.5 * np.einsum("ki,kij,kj->k", step, hi, step))
+        fn, gn, hn = (np.array(a, dtype=np.float64) for a in fgh(xn, idx))
+        nfev[idx] += 1
+        actual = fi - fn
+        snorm = np.linalg.norm(step * scale[idx], axis=1)
+        noise = 1e-12 * np.maximum(1.0, np.abs(fi))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(
+                ~np.isfinite(fn) | (actual < -noise), -1.0,
+                np.where(np.abs(pred) <= noise, 1.0, np.where(pred < 0, -1.0, actual / pred)),
+            )
+        shrink, grow = rho < 0.25, (rho > 0.75) & (snorm >= 0.99 * radius[idx])
+        radius[idx] = np.where(shrink, np.where(snorm > 0, 0.5 * snorm, 0.25 * radius[idx]),
+                               np.where(grow, 2.0 * radius[idx], radius[idx]))
+        accept = rho > 1e-4
+        acc = idx[accept]
+        x[acc], f[acc], g[acc], h[acc] = xn[accept], fn[accept], gn[accept], hn[accept]
+        for k in acc:
+            history[k].append(float(f[k]))
+        stuck = radius[idx] < 1e-14 * np.maximum(1.0, np.linalg.norm(x[idx] * scale[idx], axis=1))
+        status[idx[stuck]] = int(FitStatus.NO_PROGRESS)
+        active[idx[stuck]] = False
+    out = []
+    seconds = time.perf_counter() - t0
+    for k in range(ntoy):
+        full_edm, cov = edm_and_covariance(g[k], h[k])
+        st = FitStatus(int(status[k]))
+        if cov is None and st in (FitStatus.CONVERGED, FitStatus.NO_PROGRESS):
+            st = FitStatus.HESSIAN_NOT_POSDEF
+        out.append(MinimizeResult(
+            x=x[k], fun=float(f[k]), grad=g[k], hess=h[k], edm=float(full_edm if np.isfinite(full_edm) else edm[k]),
+            status=st, niter=int(niter[k]), nfev=int(nfev[k]), history=history[k], seconds=seconds,
+        ))
+    return out

@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = ["FitOptions"]
 
-# What Likelihood's resolve_device accepts: a name, or a TensorFlow device string ("/GPU:1",
+# What resolve_device (wfit.fitter._tf) accepts: a name, or a TensorFlow device string ("/GPU:1",
 # "/device:CPU:0", "/job:localhost/replica:0/task:0/device:GPU:0").
 _DEVICE_NAMES = (None, "auto", "cpu", "gpu")
 _TF_DEVICE = re.compile(r"^(/job:[\w-]+(/replica:\d+)?(/task:\d+)?)?/(device:)?(CPU|GPU):\d+$", re.IGNORECASE)

@@ -15,7 +15,7 @@ from scipy import stats
 
 from wfit.fitter.fitting import fit
 from wfit.fitter.likelihood import Likelihood
-from wfit.fitter.minimize import FitStatus
+from wfit.fitter.minimize import FitStatus, edm_and_covariance, minimize_batch
 from wfit.fitter.result import FitResult
 
 __all__ = ["GoodnessOfFit", "ToyResults", "goodness_of_fit", "run_toys"]
@@ -75,38 +75,78 @@ class ToyResults:
 
 
 def run_toys(ll: Likelihood, ntoys: int, *, seed: int = 0, x_gen: np.ndarray | None = None, tol: float = 1e-10,
-             progress: bool = False) -> ToyResults:
+             progress: bool = False, batch_size: int | None = None) -> ToyResults:
     """Generate and fit ``ntoys`` frequentist pseudo-experiments (seeded).
 
-    The likelihood's data are restored afterwards.
+    Args:
+        ll: The likelihood; its data are restored afterwards.
+        ntoys: How many toys.
+        seed: Seed of the toys' random numbers (the same toys whatever ``batch_size``).
+        x_gen: The generating parameters (``ll.x0`` by default).
+        tol: EDM tolerance of each toy's fit.
+        progress: A progress bar.
+        batch_size: Fit the toys in batches of this many as one vectorised computation each
+            (:meth:`Likelihood.nll_grad_hess_batch`, :func:`~wfit.fitter.minimize.minimize_batch`; on the GPU
+            when TensorFlow sees one); ``None`` fits them one after the other. Both give the same fits.
     """
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r}: give an integer >= 1, or None for one toy at a time")
+    if ll.bb_full and batch_size is not None:
+        raise ValueError("batch_size: full Barlow-Beeston toys are fitted one at a time (batch_size=None)")
     rng = np.random.default_rng(seed)
     x_gen = ll.x0.copy() if x_gen is None else np.asarray(x_gen, dtype=float)
-    data, npoi = ll.data.copy(), ll.npoi
+    npoi = ll.npoi
     theta_gen = x_gen[npoi:]
     constrained = ll.ws.constraint_weights > 0
     # the expected yields at x_gen, without BB scaling (beta = 1 generates the nominal templates)
     nu = ll.asimov_data(x_gen)
     kstat, bbmask = ll.kstat, ll.bb_masked
-    out_v, out_e, out_s, out_g = [], [], [], []
-    iterator = range(ntoys)
+    nobs, theta0, beta0 = [], [], []
+    for _ in range(ntoys):  # drawn in this order whatever the batching
+        nobs.append(rng.poisson(nu).astype(float))
+        theta0.append(np.where(constrained, theta_gen + rng.standard_normal(theta_gen.size), 0.0))
+        beta0.append(np.where(bbmask, 1.0, rng.poisson(kstat) / kstat) if ll.bb_lite else np.ones(kstat.shape))
+    x0 = np.array([np.concatenate([x_gen[:npoi], t]) for t in theta0]).reshape(ntoys, ll.nparams)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="toys", unit="toy")
+        bar = tqdm(total=ntoys, desc="toys", unit="toy")
+    out_v, out_e, out_s, out_g = [], [], [], []
+    data = ll.data.copy()
     try:
-        for _ in iterator:
-            nobs = rng.poisson(nu).astype(float)
-            theta0 = np.where(constrained, theta_gen + rng.standard_normal(theta_gen.size), 0.0)
-            beta0 = None
-            if ll.bb_lite:
-                beta0 = np.where(bbmask, 1.0, rng.poisson(kstat) / kstat)
-            ll.set_data(nobs, theta0=theta0, beta0=beta0)
-            res = fit(ll, tol=tol, x0=np.concatenate([x_gen[:npoi], theta0]))
-            out_v.append(res.values)
-            out_e.append(res.errors)
-            out_s.append(int(res.status))
-            out_g.append(2.0 * res.nll)
+        if batch_size is None:
+            for i in range(ntoys):
+                ll.set_data(nobs[i], theta0=theta0[i], beta0=beta0[i] if ll.bb_lite else None)
+                res = fit(ll, tol=tol, x0=x0[i])
+                out_v.append(res.values)
+                out_e.append(res.errors)
+                out_s.append(int(res.status))
+                out_g.append(2.0 * res.nll)
+                if bar is not None:
+                    bar.update()
+        else:
+            nobs_a, theta0_a, beta0_a = np.array(nobs), np.array(theta0), np.array(beta0)
+            for start in range(0, ntoys, batch_size):
+                sel = np.arange(start, min(start + batch_size, ntoys))
+
+                def fgh(x, active, sel=sel):
+                    k = sel[active]
+                    return ll.nll_grad_hess_batch(x, nobs_a[k], theta0_a[k], beta0_a[k])
+
+                for res in minimize_batch(fgh, x0[sel], tol=tol):
+                    _, cov = edm_and_covariance(res.grad, res.hess)
+                    diag = np.full(ll.nparams, np.nan) if cov is None else np.diag(cov)
+                    out_v.append(res.x)
+                    out_e.append(np.sqrt(np.where(diag >= 0, diag, np.nan)))
+                    out_s.append(int(res.status))
+                    out_g.append(2.0 * res.fun)
+                if bar is not None:
+                    bar.update(len(sel))
     finally:
         ll.set_data(data)
-    return ToyResults(ll.names, x_gen, np.array(out_v), np.array(out_e), np.array(out_s), np.array(out_g))
+        if bar is not None:
+            bar.close()
+    shape = (ntoys, ll.nparams)
+    return ToyResults(ll.names, x_gen, np.array(out_v).reshape(shape), np.array(out_e).reshape(shape),
+                      np.array(out_s, dtype=int), np.array(out_g))

@@ -18,7 +18,7 @@ from typing import Any
 
 from wfit.fitter._tf import tf
 
-__all__ = ["Block", "flatten", "shared_function", "view"]
+__all__ = ["Block", "DATA_STATE", "call_batch", "flatten", "shared_batch_function", "shared_function", "view"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ STATE = (
     "_sigma", "_cinv", "_bbmap", "_ceff", "_prior_idx", "_prior_mean", "_prior_w",
 )  # fmt: skip
 STATIC = ("npoi", "nsyst", "nparams", "_nproc", "_has_asym", "bb_lite", "bb_full", "additive", "covariance_fit")
+#: The state that differs between pseudo-experiments: a batched function takes one of each per toy.
+DATA_STATE = ("_nobs", "_lognobs", "_theta0", "_beta0")
 #: What each traced function computes, from a view of the model and the parameters.
 BODIES: dict[str, Callable[[Any, Any], Any]] = {
     "_f_nll": lambda m, x: m._evaluate(x, 0),
@@ -128,3 +130,59 @@ def shared_function(model: Any, name: str, flat: list[Any], layout: tuple[Any, .
     while len(_TRACED) > _TRACED_MAX:
         _TRACED.popitem(last=False)
     return fn
+
+
+def shared_batch_function(model: Any, flat: list[Any], layout: tuple[Any, ...]) -> Any:
+    """The NLL, gradient and Hessian of a batch of data sets as one vectorised computation
+    (``tf.vectorized_map`` over the toys), traced once per structure; called as
+    ``fn(X, NOBS, LOGNOBS, THETA0, BETA0, *flat)`` with a leading toy dimension on the first five."""
+    statics, groups, present = layout
+    nblock = sum(sum(fields) for lays in groups for *_, fields in lays)
+    names = [n for n, has in zip(STATE, present, strict=True) if has]
+    where = [nblock + names.index(n) for n in DATA_STATE]
+    specs = [tf.TensorSpec(t.shape, t.dtype) for t in flat]
+    shapes = tuple((tuple(s.shape.as_list()), s.dtype.name) for s in specs)
+    key = ("_f_hess_batch", False, model.device, layout, shapes)
+    fn = _TRACED.get(key)
+    if fn is not None:
+        _TRACED.move_to_end(key)
+        return fn
+    cls = type(model)
+    batch_specs = [tf.TensorSpec([None, model.nparams], tf.float64)] + [
+        tf.TensorSpec([None, *specs[i].shape], tf.float64) for i in where
+    ]
+
+    def batched(x, nobs, lognobs, theta0, beta0, *args):
+        def one(per_toy):
+            xi, *data = per_toy
+            tensors = list(args)
+            for i, t in zip(where, data, strict=True):
+                tensors[i] = t
+            return view(cls, layout, tensors)._evaluate(xi, 2)
+
+        return tf.vectorized_map(one, (x, nobs, lognobs, theta0, beta0))
+
+    fn = tf.function(batched, input_signature=[*batch_specs, *specs])
+    _TRACED[key] = fn
+    while len(_TRACED) > _TRACED_MAX:
+        _TRACED.popitem(last=False)
+    return fn
+
+
+def call_batch(fn: Any, flat: list[Any], x: Any, nobs: Any, theta0: Any, beta0: Any) -> tuple[Any, Any, Any]:
+    """Call a :func:`shared_batch_function` on numpy arrays; returns numpy ``(f, g, h)``."""
+    import numpy as np
+
+    nobs = np.asarray(nobs, dtype=np.float64)
+    lognobs = np.log(np.where(nobs > 0, nobs, 1.0))
+    batch = [tf.constant(np.asarray(a, dtype=np.float64)) for a in (x, nobs, lognobs, theta0, beta0)]
+    args = [t.value() if isinstance(t, tf.Variable) else t for t in flat]
+    # the trace names each scatter operation that vectorized_map runs as a loop: keep it off the terminal
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        f, g, h = fn(*batch, *args)
+    finally:
+        logger.setLevel(level)
+    return f.numpy(), g.numpy(), h.numpy()
