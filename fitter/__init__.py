@@ -4,7 +4,8 @@ Public API (imported lazily, so that ``import wfit.fitter`` is cheap and never i
 
     from wfit.fitter import fit_workspace, FitOptions, Likelihood, fit, FitResult, read_result, FitStatus
     from wfit.fitter import impacts, scan, scan2d, run_toys, goodness_of_fit
-    from wfit.fitter.derived import masked_channel, normalized, asymmetry, summed  # cross sections
+    from wfit.fitter.derived import evaluate, channel, ratio  # composed cross sections, joint covariance
+    from wfit.fitter.derived import masked_channel, normalized, asymmetry, summed  # one quantity each
     from wfit.fitter.plots import plot_all
 
 The POIs are signal strengths mu (not sqrt(mu)), one per signal process; the NLL has Poisson
