@@ -36,6 +36,9 @@ import numpy as np
 __all__ = ["Blinding", "blinding_offset", "match_names", "require_unblinded"]
 
 _WIDTH = 5.0  # the width of the offsets (in log(mu) for POIs), rabbit main's
+#: Post-fit products (``FitResult.extra``) with the POIs on their first axis, in the POIs' units.
+POI_UNITS = ("impacts", "impacts_grouped", "global_impacts", "global_impacts_grouped", "asym_impacts",
+             "asym_impacts_grouped")
 
 
 def blinding_offset(seed: str, integer_data: bool) -> float:
@@ -164,9 +167,10 @@ class Blinding:
             return result
         npoi = result.npoi
         extra = dict(result.extra)
-        for key in ("impacts", "impacts_grouped"):  # [npoi, ...] in units of the POI
+        for key in POI_UNITS:  # [npoi, ...] in units of the POI
             if key in extra:
-                extra[key] = np.asarray(extra[key]) / self.scale[:npoi, None]
+                table = np.asarray(extra[key])
+                extra[key] = table / self.scale[:npoi].reshape(-1, *[1] * (table.ndim - 1))
         for key, table in result.extra.items():
             if key.startswith("scan_") and key[5:] in result.names:  # columns: the scanned value, q
                 i = result.names.index(key[5:])

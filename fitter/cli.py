@@ -4,8 +4,9 @@ Usage::
 
     wfit fit WORKSPACE [-o RESULT.hdf5] [--asimov | --pseudodata NAME] [--covariance-fit]
                        [--no-bb-lite] [--device cpu|gpu] [--tol 1e-10] [--max-iter 200] [--seed 0]
-                       [--poi-nonnegative] [--trust-pickle] [--impacts] [--scan PARAM ...] [--plots DIR]
-                       [--derived EXPR ...] [-q] [-v]
+                       [--poi-nonnegative] [--prior NAME=MEAN,SIGMA ...] [--bb-full] [--blind ...]
+                       [--trust-pickle] [--impacts] [--global-impacts] [--asym-impacts] [--scan PARAM ...]
+                       [--toys N] [--plots DIR] [--derived EXPR ...] [-q] [-v]
 
 The fit options map one to one onto :class:`wfit.fitter.FitOptions`, and the fit is
 :func:`wfit.fitter.fit_workspace`, as from Python. TensorFlow's start-up lines are shown with ``-v`` only.
@@ -14,7 +15,7 @@ Checked before the fit (exit 2, one line): the workspace, the options, the resul
 the workspace under any spelling, and its folder must be creatable and writable), the ``--plots`` folder,
 the ``--scan`` parameters and the ``--derived`` expressions (parsed, :mod:`wfit.fitter.quantities`, and
 checked against the workspace's masked channels). The result is written as soon as the fit ends, before the
-post-fit steps (goodness of fit, derived quantities, impacts, scans, plots), and again with their products: a
+post-fit steps (goodness of fit, derived quantities, impacts, scans, toys, plots), and again with their products: a
 post-fit step that fails leaves the fit result on disk (exit 3).
 
 Exit codes: 0 converged; 1 the fit did not converge (status printed); 2 bad input or options; 3 a post-fit step
@@ -128,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-nuisances", type=int, default=10, help="nuisances shown in the summary (default 10)"
     )
     f.add_argument("--impacts", action="store_true", help="compute per-nuisance and grouped impacts on the POIs")
+    f.add_argument("--global-impacts", action="store_true",
+                   help="global impacts: the POI shifts from one-sigma shifts of the global observables "
+                   "(rabbit main's --globalImpacts)")
+    f.add_argument("--asym-impacts", action="store_true",
+                   help="asymmetric impacts from the 2 dNLL = 1 profile intervals, grouped by freezing each group "
+                   "(rabbit main's --asymImpacts; two profile searches per nuisance)")
     f.add_argument("--scan", action="append", default=[], metavar="PARAM",
                    help="1-D profile likelihood scan of PARAM (repeatable)")
     f.add_argument("--derived", action="append", default=[], metavar="EXPR",
@@ -352,6 +359,31 @@ def _post_fit(args: argparse.Namespace, ll, result, log, show) -> None:
         for poi in imp.pois[:3]:
             top = ", ".join(f"{n} {v:+.3g}" for n, v in imp.ranked(poi, 5))
             print(f"largest impacts on {poi}: {top}")
+    if args.global_impacts:
+        from wfit.fitter.breakdown import global_impacts
+
+        t = time.perf_counter()
+        gim = global_impacts(ll, result)
+        result.extra.update({"global_impacts": gim.values, "global_impacts_grouped": gim.grouped,
+                             "global_impact_groups": np.array(gim.groups)})
+        result.timings["global_impacts"] = time.perf_counter() - t
+        shown = show(result).extra["global_impacts_grouped"]
+        for i, poi in enumerate(gim.pois[:3]):
+            parts = ", ".join(f"{g} {v:.3g}" for g, v in zip(gim.groups, shown[i], strict=True))
+            print(f"global impacts on {poi}: {parts}")
+    if args.asym_impacts:
+        from wfit.fitter.breakdown import asymmetric_impacts
+
+        t = time.perf_counter()
+        log(f"wfit: asymmetric impacts ({2 * (ll.nsyst + ll.npoi * (len(ll.ws.syst_groups) + 2))} profile searches)")
+        aim = asymmetric_impacts(ll, result)
+        result.extra.update({"asym_impacts": aim.values, "asym_impacts_grouped": aim.grouped,
+                             "asym_impact_groups": np.array(aim.groups)})
+        result.timings["asym_impacts"] = time.perf_counter() - t
+        shown = show(result).extra["asym_impacts_grouped"]
+        for i, poi in enumerate(aim.pois[:3]):
+            parts = ", ".join(f"{g} {lo:+.3g}/{hi:+.3g}" for g, (lo, hi) in zip(aim.groups, shown[i], strict=True))
+            print(f"asymmetric impacts on {poi}: {parts}")
     for param in args.scan:
         from wfit.fitter.scanning import scan
 

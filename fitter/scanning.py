@@ -17,7 +17,7 @@ from wfit.fitter.likelihood import Likelihood
 from wfit.fitter.minimize import minimize
 from wfit.fitter.result import FitResult
 
-__all__ = ["Scan", "scan", "scan2d"]
+__all__ = ["ProfileInterval", "Scan", "profile_interval", "scan", "scan2d"]
 
 
 @dataclass
@@ -101,3 +101,70 @@ def scan2d(ll: Likelihood, result: FitResult, params: tuple[str, str], n: int = 
     return _scan(ll, result, list(params), grid, tol)
 
 
+
+
+@dataclass
+class ProfileInterval:
+    """Where ``2 (NLL_profile - NLL_min) = q`` on each side of a parameter's minimum.
+
+    Attributes:
+        param: The parameter.
+        down, up: Signed shifts of the parameter at the two crossings (``down <= 0 <= up``; NaN if a side was
+            not found).
+        x_down, x_up: The parameter vectors (the others profiled) at the crossings.
+    """
+
+    param: str
+    down: float
+    up: float
+    x_down: np.ndarray
+    x_up: np.ndarray
+
+
+def profile_interval(ll: Likelihood, result: FitResult, param: str, *, q: float = 1.0,
+                     frozen: np.ndarray | None = None, tol: float = 1e-12, max_steps: int = 40) -> ProfileInterval:
+    """The crossings of ``2 dNLL = q`` of the profile likelihood of ``param`` (the MINOS interval for ``q = 1``).
+
+    Each side is found by Newton's method on the profiled curve, whose slope is ``2 dNLL/dparam`` at the
+    profiled point (the envelope theorem), kept inside a bracket (bisection when a step leaves it), from the
+    Gaussian guess ``sqrt(q) sigma``; each point profiles the other parameters (those of ``frozen`` stay at
+    their fitted values).
+    """
+    require_unblinded(result, "a profile interval")
+    i = result.index(param)
+    hold = np.zeros(ll.nparams, dtype=bool) if frozen is None else np.asarray(frozen, dtype=bool).copy()
+    hold[i] = False
+    free = ~hold
+    h = ll.nll_grad_hess(result.values)[2]
+    cov = np.zeros_like(h)
+    cov[np.ix_(free, free)] = np.linalg.inv(h[np.ix_(free, free)])
+    sigma = float(np.sqrt(cov[i, i]))
+    fixed = hold.copy()
+    fixed[i] = True
+    out = {}
+    for sign in (-1.0, 1.0):
+        lo, hi = 0.0, np.inf  # bracket of the shift t: q(lo) < q target < q(hi)
+        t = np.sqrt(q) * sigma
+        x_at = result.values + sign * np.sqrt(q) * cov[:, i] / sigma
+        best = None
+        for _ in range(max_steps):
+            x0 = x_at.copy()
+            x0[i] = result.values[i] + sign * t
+            r = minimize(ll.nll_grad_hess, x0, tol=tol, fixed=fixed)
+            x_at = r.x
+            gap = 2.0 * (r.fun - result.nll) - q
+            slope = 2.0 * sign * r.grad[i]  # d q / d t
+            best = (t, r.x)
+            if abs(gap) < 1e-9 * max(1.0, q):
+                break
+            if gap < 0:
+                lo = t
+            else:
+                hi = t
+            step = t - gap / slope if slope > 0 else np.nan
+            t = step if lo < step < hi else (0.5 * (lo + hi) if np.isfinite(hi) else 2.0 * t)
+        else:
+            best = (np.nan, np.full(ll.nparams, np.nan))
+        out[sign] = best
+    (td, xd), (tu, xu) = out[-1.0], out[1.0]
+    return ProfileInterval(param, -td, tu, xd, xu)
