@@ -100,6 +100,18 @@ def _parser() -> argparse.ArgumentParser:
         help="Gaussian prior on a POI or an unconstrained parameter (repeatable), e.g. W_L=1,0.3",
     )
     f.add_argument(
+        "--regularize",
+        action="append",
+        default=[],
+        metavar="CHANNEL",
+        help="curvature (Tikhonov/SVD) penalty on the cross sections of a masked channel (repeatable; rabbit "
+        "main's -r SVD)",
+    )
+    f.add_argument("--tau", type=float, default=default.tau,
+                   help="regularisation strength exp(2 tau) (rabbit main's --regularizationStrength; default 0)")
+    f.add_argument("--lcurve", action="store_true",
+                   help="choose tau at the corner of the L-curve scanned over tau-3 .. tau+3 (25 fits)")
+    f.add_argument(
         "--blind",
         action="store_true",
         help="show the POIs and nuisances of interest with deterministic hidden offsets (result, table, figures)",

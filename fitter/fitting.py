@@ -166,7 +166,8 @@ def fit_workspace(
     tf.random.set_seed(opts.seed)
     try:
         ll = Likelihood(ws, bb_lite=opts.bb_lite, device=opts.device, data=data,
-                        covariance_fit=opts.covariance_fit, priors=priors, bb_full=opts.bb_full)
+                        covariance_fit=opts.covariance_fit, priors=priors, bb_full=opts.bb_full,
+                        regularize=opts.regularize, tau=opts.tau)
     except ValueError as err:  # data the likelihood cannot take (e.g. negative pseudo-data in a Poisson fit)
         raise WorkspaceError(str(err)) from err
     if opts.asimov:
@@ -185,9 +186,23 @@ def fit_workspace(
         say("not blinded: the Asimov fit's POIs are the prediction")
     if opts.priors:
         say(f"Gaussian priors (maximum a posteriori): {describe_priors(opts.priors)}")
+    curve = None
+    if opts.regularize:
+        tau = opts.tau
+        if opts.lcurve:
+            from wfit.fitter.regularization import lcurve
+
+            curve = lcurve(ll, np.linspace(opts.tau - 3.0, opts.tau + 3.0, 25), tol=opts.tol)
+            tau = curve.best
+            say(f"L-curve over tau = {opts.tau - 3:g} .. {opts.tau + 3:g} (25 fits): the corner is at tau = {tau:.4g}")
+            ll.set_tau(tau)
+        say(f"regularised: curvature penalty on {', '.join(opts.regularize)} with strength exp(2 tau), tau = {tau:.4g}")
     result = fit(ll, tol=opts.tol, max_iter=opts.max_iter, poi_nonnegative=opts.poi_nonnegative, callback=callback)
     result.timings = {"load": t1 - t0, "setup": t2 - t1, **result.timings}
     result.options = {**opts.to_dict(), "device": ll.device}
+    if curve is not None:
+        result.options["tau"] = curve.best
+        result.extra["lcurve"] = np.column_stack([curve.tau, curve.lx, curve.ly, curve.curvature])
     result.blinding = blinding
     if post_fit is not None:
         post_fit(ll, result)

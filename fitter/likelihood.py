@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from wfit.fitter._tf import resolve_device, tf, to_tensor
-from wfit.fitter import bbfull
+from wfit.fitter import bbfull, regularization
 from wfit.fitter.blocks import CompactBlock, iter_compact_blocks
 from wfit.fitter.traced import JITTED, Block, call_batch, flatten, shared_batch_function, shared_function
 from wfit.workspace import Workspace
@@ -109,6 +109,8 @@ class Likelihood:
         priors: Gaussian priors ``(parameter index, mean, sigma)`` (:func:`wfit.fitter.fitting.prior_indices`).
         bb_full: Full Barlow-Beeston instead of lite (:mod:`wfit.fitter.bbfull`): one gamma-constrained factor
             per bin and process, profiled by a per-bin solve; its derivatives come from TensorFlow's autodiff.
+        regularize: Masked channels whose cross sections carry the curvature penalty of
+            :mod:`wfit.fitter.regularization`, of strength ``exp(2 tau)`` (:meth:`set_tau` changes it).
         device: ``"cpu"``, ``"gpu"`` or a TensorFlow device string; ``None`` picks the GPU when
             TensorFlow sees one.
         block_bytes: Target size in bytes of one block of the (uncompacted) log(kappa) tensor.
@@ -134,6 +136,8 @@ class Likelihood:
         covariance_fit: bool = False,
         priors: Sequence[tuple[int, float, float]] = (),
         bb_full: bool = False,
+        regularize: Sequence[str] = (),
+        tau: float = 0.0,
     ) -> None:
         if ws.systematic_type not in SYSTEMATIC_TYPES:
             raise ValueError(f"{ws.path}: systematic type {ws.systematic_type!r}; wfit models {SYSTEMATIC_TYPES}")
@@ -195,13 +199,20 @@ class Likelihood:
                 self._prior_idx = tf.constant(idx.reshape(-1, 1))
                 self._prior_mean = tf.constant([float(m) for _, m, _ in priors], dtype=tf.float64)
                 self._prior_w = tf.constant([1.0 / float(s) ** 2 for _, _, s in priors], dtype=tf.float64)
+            self._reg_lap = self._reg_inv_nu0 = self._reg_strength = None
+            if regularize:
+                lap, inv_nu0 = regularization.penalty_setup(ws, list(regularize))
+                self._reg_lap, self._reg_inv_nu0 = tf.constant(lap), tf.constant(inv_nu0)
+                self._reg_strength = tf.Variable(np.exp(2.0 * float(tau)), dtype=tf.float64, trainable=False,
+                                                 name="regularization_strength")
         self._nominal_total = ws.norm[:nb].sum(axis=1)
         self.set_data(ws.data_obs if data is None else data)
 
         spec = [tf.TensorSpec([self.nparams], tf.float64)]
         small = self.stored_bytes < 4 * 1024**2 and len(self._blocks) + len(self._mblocks) <= 8
         # the autodiff Hessian of full Barlow-Beeston (a vectorised jacobian) does not compile with XLA
-        jit = (small and not self.bb_full) if jit_compile is None else bool(jit_compile)
+        # (nor does the regularisation's)
+        jit = (small and not self.bb_full and not regularize) if jit_compile is None else bool(jit_compile)
         self._jit = jit
         self._x_spec = spec[0]
         self._flat, self._layout = flatten(self)
@@ -279,6 +290,12 @@ class Likelihood:
         shape = tuple(self._beta0.shape)
         default_beta0 = np.zeros(shape) if self.covariance_fit else np.ones(shape)
         self._beta0.assign(default_beta0 if beta0 is None else np.asarray(beta0, dtype=np.float64))
+
+    def set_tau(self, tau: float) -> None:
+        """Set the regularisation strength to ``exp(2 tau)`` without retracing."""
+        if self._reg_strength is None:
+            raise ValueError("set_tau: this likelihood has no regularisation (Likelihood(..., regularize=[channel]))")
+        self._reg_strength.assign(np.exp(2.0 * float(tau)))
 
     def _describe_bin(self, b: int) -> str:
         for ch in self.ws.channels:
@@ -466,8 +483,10 @@ class Likelihood:
         return f
 
     def _evaluate(self, x, order: int, profile_bb: bool = True):
-        if self.bb_full:
-            return bbfull.evaluate(self, x, order, profile_bb)
+        out = bbfull.evaluate(self, x, order, profile_bb) if self.bb_full else self._evaluate_data(x, order, profile_bb)
+        return out if self._reg_lap is None else regularization.add_penalty(self, x, order, out)
+
+    def _evaluate_data(self, x, order: int, profile_bb: bool = True):
         mu, theta, r, ta, dta, d2ta = self._split(x)
         npoi, ns = self.npoi, self.nsyst
         f = tf.constant(0.0, tf.float64)

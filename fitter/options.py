@@ -46,6 +46,10 @@ class FitOptions:
             ``0.5 ((x - mean) / sigma)^2`` to the NLL, so the fit is a maximum a posteriori and its
             covariance the posterior's (e.g. ``(("W_L", 1.0, 0.3),)`` holds a longitudinal helicity
             component to +-30%). A nuisance that already has a constraint cannot take one.
+        regularize: Masked channels whose cross sections carry a curvature (Tikhonov/SVD) penalty, rabbit main's
+            ``-r SVD Select CHANNEL`` (:mod:`wfit.fitter.regularization`).
+        tau: The penalty's strength, ``exp(2 tau)`` (rabbit main's ``--regularizationStrength``).
+        lcurve: Choose ``tau`` at the corner of the L-curve, scanned over ``tau - 3 .. tau + 3``.
         blind: Show the POIs and the nuisances of interest with deterministic hidden offsets
             (:mod:`wfit.fitter.blinding`) in the result, its file, the printed table and the figures; fits of the
             Asimov data set are not blinded.
@@ -78,12 +82,15 @@ class FitOptions:
     pseudodata: str | None = None
     covariance_fit: bool = False
     priors: tuple[tuple[str, float, float], ...] = ()
+    regularize: tuple[str, ...] = ()
+    tau: float = 0.0
+    lcurve: bool = False
     blind: bool = False
     unblind: tuple[str, ...] = ()
     blinding_groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("asimov", "bb_lite", "bb_full", "poi_nonnegative", "covariance_fit", "blind"):
+        for name in ("asimov", "bb_lite", "bb_full", "poi_nonnegative", "covariance_fit", "blind", "lcurve"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "must be True or False")
         if not (
@@ -97,6 +104,17 @@ class FitOptions:
             _fail("bb_full", self.bb_full, "full Barlow-Beeston replaces the lite one: keep bb_lite=True (drop --no-bb-lite)")
         if self.bb_full and self.covariance_fit:
             _fail("bb_full", self.bb_full, "full Barlow-Beeston is for Poisson fits, not the chi-square fit (covariance_fit)")
+        if not (isinstance(self.tau, numbers.Real) and not isinstance(self.tau, bool) and math.isfinite(self.tau)):
+            _fail("tau", self.tau, "the regularisation strength tau (log) must be a finite number, e.g. 0")
+        object.__setattr__(self, "tau", float(self.tau))
+        if isinstance(self.regularize, str) or not isinstance(self.regularize, (list, tuple)) or not all(
+            isinstance(c, str) and c for c in self.regularize
+        ):
+            _fail("regularize", self.regularize, "a sequence of masked channel names, e.g. ('xsec',)")
+        object.__setattr__(self, "regularize", tuple(self.regularize))
+        if (self.lcurve or self.tau != 0.0) and not self.regularize:
+            _fail("lcurve" if self.lcurve else "tau", self.lcurve if self.lcurve else self.tau,
+                  "only has an effect with regularize=(channel, ...) (--regularize CHANNEL)")
         if not _is_int(self.max_iter) or self.max_iter < 1:
             _fail("max_iter", self.max_iter, "the iteration limit must be an integer >= 1")
         if not _is_int(self.seed) or self.seed < 0:
@@ -161,6 +179,7 @@ class FitOptions:
         """The options as a JSON-able dict (what a Dask task receives and a result file stores)."""
         out = dataclasses.asdict(self)
         out["priors"] = [list(p) for p in self.priors]
+        out["regularize"] = list(self.regularize)
         out["unblind"] = list(self.unblind)
         out["blinding_groups"] = list(self.blinding_groups)
         return out

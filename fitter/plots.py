@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from wfit.fitter.likelihood import Likelihood
     from wfit.fitter.result import FitResult
 
-__all__ = ["plot_all", "plot_correlation", "plot_impacts", "plot_prepostfit", "plot_pulls"]
+__all__ = ["plot_all", "plot_correlation", "plot_impacts", "plot_lcurve", "plot_prepostfit", "plot_pulls"]
 
 
 def plot_pulls(
@@ -105,6 +105,32 @@ def plot_correlation(result: FitResult, *, max_params: int = 60, path: str | os.
     return fig
 
 
+def plot_lcurve(result: FitResult, *, path: str | os.PathLike[str] | None = None) -> Any:
+    """The L-curve of a regularised fit (``result.extra["lcurve"]``: tau, lx, ly, curvature) and its curvature, with
+    the chosen strength marked."""
+    if "lcurve" not in result.extra:
+        raise ValueError("plot_lcurve: the result has no L-curve (fit with lcurve=True, --lcurve)")
+    tau, lx, ly, kappa = np.asarray(result.extra["lcurve"]).T
+    best = float(result.options.get("tau", np.nan))
+    Figure, style, mplhep = _mpl()
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(14, 6))
+        left, right = fig.subplots(1, 2)
+        left.plot(lx, ly, "o-", color="k", ms=4)
+        at = np.argmin(np.abs(tau - best))
+        left.plot(lx[at], ly[at], "*", color="crimson", ms=16, label=rf"chosen $\tau$ = {best:.3g}")
+        left.set_xlabel(r"log(NLL $-$ penalty)")
+        left.set_ylabel(r"log(penalty / e$^{2\tau}$)")
+        left.legend()
+        right.plot(tau, kappa, "o-", color="k", ms=4)
+        right.axvline(best, color="crimson")
+        right.set_xlabel(r"$\tau$")
+        right.set_ylabel("curvature of the L-curve")
+        fig.tight_layout()
+        _save(fig, path)
+    return fig
+
+
 def plot_prepostfit(ll: Likelihood, result: FitResult, *, path: str | os.PathLike[str] | None = None) -> Any:
     """Data with the pre- and post-fit expectation of the unmasked bins, unrolled, with uncertainty bands.
 
@@ -163,6 +189,10 @@ def plot_all(
         "correlation.png": lambda p: plot_correlation(result, path=p),
         "prepostfit.png": lambda p: plot_prepostfit(ll, result, path=p),
     }
+    if len(result.names) == result.npoi:  # no nuisances: no pulls to draw
+        del jobs["pulls.png"]
+    if "lcurve" in result.extra:
+        jobs["lcurve.png"] = lambda p: plot_lcurve(result, path=p)
     for poi in imp.pois[:5] if imp is not None else []:
         jobs[f"impacts_{poi}.png"] = lambda p, poi=poi: plot_impacts(imp, poi, path=p)
     out = []

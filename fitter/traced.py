@@ -47,6 +47,7 @@ BLOCK_TENSORS = ("a", "cols", "d", "dcols", "dsel", "norm", "row_bin", "row_proc
 STATE = (
     "_asym_idx", "_cw", "_theta0", "_nobs", "_lognobs", "_kstat", "_bbmask", "_beta0",
     "_sigma", "_cinv", "_bbmap", "_ceff", "_prior_idx", "_prior_mean", "_prior_w",
+    "_reg_lap", "_reg_inv_nu0", "_reg_strength",
 )  # fmt: skip
 STATIC = ("npoi", "nsyst", "nparams", "_nproc", "_has_asym", "bb_lite", "bb_full", "additive", "covariance_fit")
 #: The state that differs between pseudo-experiments: a batched function takes one of each per toy.
