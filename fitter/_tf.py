@@ -166,6 +166,7 @@ def to_tensor(arr: np.ndarray, device: str):
 
 def resolve_device(device: str | None) -> str:
     """Map ``None``/``"auto"``/``"cpu"``/``"gpu"`` to a TensorFlow device string."""
+    tf = import_tensorflow()
     gpus = tf.config.list_logical_devices("GPU")
     if device in (None, "auto"):
         return gpus[0].name if gpus else "/CPU:0"

@@ -21,11 +21,28 @@ from TensorFlow's autodiff.
 
 from __future__ import annotations
 
+import numpy as np
+
 from wfit.fitter._tf import tf
 
-__all__ = ["bin_totals", "evaluate", "profiled_bins"]
+__all__ = ["bin_totals", "evaluate", "profiled_bins", "statistics"]
 
 _NEWTON_STEPS = 60
+
+
+def statistics(ws, full: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The effective MC statistics ``k = sumw^2 / sumw2`` of the unmasked bins (BB-lite: per bin; full: per bin
+    and process), where no factor applies (no MC statistics, or with ``full`` no positive yield; ``k`` is 1
+    there), and the per-bin ``sumw2``."""
+    nb = ws.nbins
+    sumw = ws.sumw[:nb] if full else ws.sumw[:nb].sum(axis=1)
+    varw = ws.sumw2[:nb] if full else ws.sumw2[:nb].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kstat = sumw**2 / varw
+    mask = (varw == 0.0) | (kstat == 0.0) | ~np.isfinite(kstat)
+    if full:
+        mask |= ws.norm[:nb] <= 0.0
+    return np.where(mask, 1.0, kstat), mask, ws.sumw2[:nb].sum(axis=1)
 
 
 def _where(cond, a, b):

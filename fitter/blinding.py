@@ -98,7 +98,8 @@ class Blinding:
         unblind: Sequence[str] = (),
         groups: Sequence[str] = (),
     ) -> Blinding:
-        """The blinding of the POIs (``names[:npoi]``) and the nuisances of interest (``names[npoi + i]``, i in ``noi``).
+        """The blinding of the POIs (``names[:npoi]``) and the nuisances of interest (``names[npoi + i]`` for the
+        ``i`` in ``noi``).
 
         Raises:
             ValueError: An unblind pattern or group that matches nothing, or a parameter both unblinded and in a

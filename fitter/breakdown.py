@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wfit.fitter.blinding import require_unblinded
 from wfit.fitter._tf import tf
+from wfit.fitter.blinding import require_unblinded
 from wfit.fitter.likelihood import Likelihood
 from wfit.fitter.result import FitResult
 

@@ -111,7 +111,8 @@ def fit_workspace(
             not a :class:`FitOptions` field is a ``TypeError``.
 
     Returns:
-        The :class:`FitResult` (with ``blind``, as shown: :meth:`~wfit.fitter.blinding.Blinding.apply`); check ``result.status`` (or ``result.ok``). ``result.options`` holds
+        The :class:`FitResult` (with ``blind``, as shown: :meth:`~wfit.fitter.blinding.Blinding.apply`);
+        check ``result.status`` (or ``result.ok``). ``result.options`` holds
         :meth:`FitOptions.to_dict` with the device that TensorFlow used (e.g. ``"/CPU:0"``).
 
     Example:

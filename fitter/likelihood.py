@@ -62,8 +62,8 @@ from typing import Any
 
 import numpy as np
 
-from wfit.fitter._tf import resolve_device, tf, to_tensor
 from wfit.fitter import bbfull, regularization
+from wfit.fitter._tf import resolve_device, tf, to_tensor
 from wfit.fitter.blocks import CompactBlock, iter_compact_blocks
 from wfit.fitter.traced import JITTED, Block, call_batch, flatten, shared_batch_function, shared_function
 from wfit.workspace import Workspace
@@ -178,15 +178,8 @@ class Likelihood:
             self._theta0 = tf.Variable(np.zeros(nsyst), dtype=tf.float64, trainable=False, name="theta0")
             self._nobs = tf.Variable(np.zeros(nb), dtype=tf.float64, trainable=False, name="nobs")
             self._lognobs = tf.Variable(np.zeros(nb), dtype=tf.float64, trainable=False, name="lognobs")
-            # BB-lite: per bin; full: per bin and process, for the processes with MC statistics and a yield
-            sumw = ws.sumw[:nb] if self.bb_full else ws.sumw[:nb].sum(axis=1)
-            varw = ws.sumw2[:nb] if self.bb_full else ws.sumw2[:nb].sum(axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                kstat = sumw**2 / varw
-            bbmask = (varw == 0.0) | (kstat == 0.0) | ~np.isfinite(kstat)
-            if self.bb_full:
-                bbmask |= ws.norm[:nb] <= 0.0
-            self._kstat = tf.constant(np.where(bbmask, 1.0, kstat))
+            kstat, bbmask, varw = bbfull.statistics(ws, self.bb_full)
+            self._kstat = tf.constant(kstat)
             self._bbmask = tf.constant(bbmask)
             self._beta0 = tf.Variable(np.ones(bbmask.shape), dtype=tf.float64, trainable=False, name="beta0")
             if self.covariance_fit:
@@ -277,7 +270,7 @@ class Likelihood:
             raise ValueError("data must be >= 0 (negative data need the chi-square fit with a data covariance)")
         empty = np.flatnonzero((nobs > 0) & (self._nominal_total == 0.0))
         if len(empty) and not self.covariance_fit:
-            where = ", ".join(self._describe_bin(b) for b in empty[:5])
+            where = ", ".join(self.ws.describe_bin(b) for b in empty[:5])
             raise ValueError(
                 f"{self.ws.path}: {len(empty)} bins have observed events but no expected events from any process "
                 f"({where}{', ...' if len(empty) > 5 else ''}); the likelihood is -infinity there: merge or drop "
@@ -296,13 +289,6 @@ class Likelihood:
         if self._reg_strength is None:
             raise ValueError("set_tau: this likelihood has no regularisation (Likelihood(..., regularize=[channel]))")
         self._reg_strength.assign(np.exp(2.0 * float(tau)))
-
-    def _describe_bin(self, b: int) -> str:
-        for ch in self.ws.channels:
-            if ch.start <= b < ch.stop:
-                idx = np.unravel_index(b - ch.start, ch.shape)
-                return f"channel {ch.name!r} bin {tuple(int(i) for i in idx)}"
-        return f"bin {b}"
 
     @property
     def data(self) -> np.ndarray:

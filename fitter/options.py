@@ -101,9 +101,11 @@ class FitOptions:
         ):
             _fail("tol", self.tol, "the EDM tolerance must be a finite number > 0, e.g. 1e-10")
         if self.bb_full and not self.bb_lite:
-            _fail("bb_full", self.bb_full, "full Barlow-Beeston replaces the lite one: keep bb_lite=True (drop --no-bb-lite)")
+            _fail("bb_full", self.bb_full,
+                  "full Barlow-Beeston replaces the lite one: keep bb_lite=True (drop --no-bb-lite)")
         if self.bb_full and self.covariance_fit:
-            _fail("bb_full", self.bb_full, "full Barlow-Beeston is for Poisson fits, not the chi-square fit (covariance_fit)")
+            _fail("bb_full", self.bb_full,
+                  "full Barlow-Beeston is for Poisson fits, not the chi-square fit (covariance_fit)")
         if not (isinstance(self.tau, numbers.Real) and not isinstance(self.tau, bool) and math.isfinite(self.tau)):
             _fail("tau", self.tau, "the regularisation strength tau (log) must be a finite number, e.g. 0")
         object.__setattr__(self, "tau", float(self.tau))

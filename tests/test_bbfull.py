@@ -58,7 +58,8 @@ def _joint_fit(s=S, var=VAR, n=N, kappa=KAPPA):
         for i in range(d):
             for j in range(d):
                 e_i, e_j = np.eye(d)[i] * h, np.eye(d)[j] * h
-                out[i, j] = (nll(z + e_i + e_j) - nll(z + e_i - e_j) - nll(z - e_i + e_j) + nll(z - e_i - e_j)) / (4 * h * h)
+                out[i, j] = (nll(z + e_i + e_j) - nll(z + e_i - e_j) - nll(z - e_i + e_j)
+                             + nll(z - e_i - e_j)) / (4 * h * h)
         return out
 
     def grad(z, h=1e-6):

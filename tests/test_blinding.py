@@ -117,7 +117,8 @@ def test_a_shown_result_cannot_feed_a_computation_that_needs_the_fit(ws):
 
 def test_cli_writes_prints_and_draws_only_blinded_numbers(ws, fitted, tmp_path, capsys):
     out, plots = str(tmp_path / "fit.hdf5"), str(tmp_path / "plots")
-    rc = main(["fit", ws, "-o", out, "--blind", "--impacts", "--scan", "sig0", "--plots", plots, "-q", "--tol", "1e-14"])
+    rc = main(["fit", ws, "-o", out, "--blind", "--impacts", "--scan", "sig0", "--plots", plots, "-q",
+               "--tol", "1e-14"])
     text = capsys.readouterr().out
     assert rc == 0
     res = read_result(out)
@@ -125,8 +126,9 @@ def test_cli_writes_prints_and_draws_only_blinded_numbers(ws, fitted, tmp_path, 
     np.testing.assert_allclose(res.values[: fitted.npoi] * c, fitted.values[: fitted.npoi], rtol=1e-9)
     # no dataset of the file holds a fitted POI value
     with h5py.File(out) as f:
+        floats = [k for k in f["extra"] if f["extra"][k].dtype.kind == "f"]
         numbers = np.concatenate([np.ravel(f[k][...]) for k in ("values", "errors")]
-                                 + [np.ravel(f["extra"][k][...]) for k in f["extra"] if f["extra"][k].dtype.kind == "f"])
+                                 + [np.ravel(f["extra"][k][...]) for k in floats])
     for mu in fitted.values[: fitted.npoi]:
         assert not np.any(np.isclose(numbers, mu, rtol=1e-6)), mu
     assert f"{fitted.values[0]:.6f}" not in text

@@ -110,6 +110,14 @@ class Workspace:
                 return c
         raise KeyError(f"no channel {name!r} in {self.path}; channels: {[c.name for c in self.channels]}")
 
+    def describe_bin(self, b: int) -> str:
+        """``"channel 'ch' bin (i, j)"``: a flat bin index as its channel and its index in the channel's shape."""
+        for ch in self.channels:
+            if ch.start <= b < ch.stop:
+                idx = np.unravel_index(b - ch.start, ch.shape)
+                return f"channel {ch.name!r} bin {tuple(int(i) for i in idx)}"
+        return f"bin {b}"
+
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file, read in blocks."""
