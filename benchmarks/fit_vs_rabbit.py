@@ -1,4 +1,4 @@
-"""wfit's fitter against rabbit 0.2.5 on workspaces written by rabbit's own TensorWriter.
+"""wfit's fitter against rabbit 0.2.5, and rabbit main when installed, on workspaces written by rabbit's TensorWriter.
 
 Three models shaped like a W-helicity fit (see :func:`build`): ``small`` (100 bins, 5 processes,
 10 nuisances), ``seedA`` (1444 bins, 96 POIs, 70 nuisances, 30% asymmetric, BB-lite) and ``seedB``
@@ -8,10 +8,23 @@ Hessian, and minimisation to dNLL < 1e-9 plus covariance, for wfit and for rabbi
 wfit/rabbit of each. Peak memory of a whole fit of each model is measured in separate child
 processes, against a TensorFlow-runtime baseline.
 
+rabbit main (the development branch, a package also called ``rabbit``) cannot share the process: when it is
+installed in an environment of its own (found by ``benchmarks/rabbit_main.py``: ``WFIT_RABBIT_MAIN_PYTHON``,
+else ``../rabbit-main-venv`` beside the repository), each model also gets a ``process`` row: the whole fit
+command (interpreter start, imports, reading the workspace, tracing, fit, covariance, writing the result) in
+a child process, ``wfit fit --tol 1e-10`` against rabbit main's ``rabbit_fit -t 0 --unblind
+--allowNegativeParam`` (the stored data, POIs as mu), the ratio wfit/rabbit-main, rabbit main's peak RSS,
+and the largest relative deviations of its POI values and uncertainties (and nuisances) from wfit's. Without
+it the script prints how to install it and runs the 0.2.5 columns. To install it, from the repository root::
+
+    d=$(mktemp -d) && cp -r ../shared/peers/rabbit-main "$d" && python3 -m venv ../rabbit-main-venv && \\
+        ../rabbit-main-venv/bin/pip install "$d/rabbit-main" tf_keras
+
 Usage::
 
     python benchmarks/fit_vs_rabbit.py            # all three models
     python benchmarks/fit_vs_rabbit.py --quick    # small and seedA, fewer repeats
+    python benchmarks/fit_vs_rabbit.py --no-rabbit-main   # the 0.2.5 columns only
 """
 
 from __future__ import annotations
@@ -291,11 +304,58 @@ def peak_rss(which: str, path: str) -> float:
     return json.loads(out.strip().splitlines()[-1])["maxrss_mb"]
 
 
+def wfit_process(path: str, outdir: str) -> tuple[float, object]:
+    """Wall time of the whole ``wfit fit`` command in a child process (as rabbit main's runs), and its result."""
+    from wfit.fitter import read_result
+
+    out = os.path.join(outdir, "wfit_result.hdf5")
+    env = dict(os.environ, GIT_DIR=os.path.join(outdir, "no-git"))
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "wfit.fitter.cli", "fit", path, "-q", "--tol", "1e-10", "-o", out],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):  # 1: not converged, shown by the comparison
+        raise RuntimeError(f"wfit fit failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall, read_result(out)
+
+
+def compare_main(ours, theirs: dict) -> dict:
+    """Largest deviations of rabbit main's fit from wfit's: of the POIs' values and uncertainties, relative;
+    of the values also in units of wfit's uncertainty (a POI near 0 inflates its relative deviation); of the
+    nuisances' uncertainties, relative."""
+    if set(ours.names) != set(theirs["names"]):
+        return {"error": f"parameters differ: {sorted(set(ours.names) ^ set(theirs['names']))[:5]}"}
+    at = {n: i for i, n in enumerate(theirs["names"])}
+    idx = [at[n] for n in ours.names]
+    v, e = np.asarray(theirs["values"])[idx], np.asarray(theirs["errors"])[idx]
+    poi, nuis = slice(0, ours.npoi), slice(ours.npoi, None)
+    de = np.abs(e / ours.errors - 1.0)
+    out = {
+        "poi_value": float(np.max(np.abs(v[poi] / ours.values[poi] - 1.0))),
+        "poi_error": float(np.max(de[poi])),
+        "poi_pull": float(np.max(np.abs(v[poi] - ours.values[poi]) / ours.errors[poi])),  # POIs near 0
+        "nuis_pull": float(np.max(np.abs(v[nuis] - ours.values[nuis]) / ours.errors[nuis], initial=0.0)),
+        "nuis_error": float(np.max(de[nuis], initial=0.0)),
+        "worst_error": ours.names[int(np.argmax(de))],
+        "dnll": theirs["nll"] - ours.nll,
+    }
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small and seedA only, fewer repeats")
     p.add_argument("--models", nargs="*", default=None, help="models to run (default: all)")
     p.add_argument("--workdir", default=None, help="where to write the workspaces (default: a temp dir)")
+    p.add_argument("--no-rabbit-main", action="store_true", help="skip rabbit main even when it is installed")
+    p.add_argument(
+        "--main-timeout", type=float, default=1800, help="seconds allowed to one rabbit-main fit (default 1800)"
+    )
     p.add_argument("--memory-child", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -307,6 +367,13 @@ def main() -> None:
     reps = {"small": {"eval": 20, "fit": 5}, "seedA": {"eval": 7, "fit": 1}, "seedB": {"eval": 3, "fit": 1}}
     if args.quick:
         reps = {k: {"eval": max(2, v["eval"] // 3), "fit": 1} for k, v in reps.items()}
+    main_python = None
+    if not args.no_rabbit_main:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from rabbit_main import find_rabbit_main, run_rabbit_main
+
+        main_python, why = find_rabbit_main()
+        print(f"rabbit main: {main_python}" if main_python else why, flush=True)
     tf_rss = peak_rss("tf", "-")
     rows = []
     for name in models:
@@ -324,25 +391,50 @@ def main() -> None:
         ws = read_workspace(path)
         dense_mb = ws.nbinsfull * ws.nproc * ws.nsyst * (1 if ws.symmetric else 2) * 8 / 1024**2
         mem = {"wfit": peak_rss("wfit", path), "rabbit": peak_rss("rabbit", path)}
-        rows.append((name, ws, res, mem, dense_mb))
         print(f"[{name}] {json.dumps(res)}  peak RSS {mem}", flush=True)
+        if main_python:
+            outdir = os.path.join(workdir, f"{name}-rabbit-main")
+            os.makedirs(outdir, exist_ok=True)
+            try:
+                theirs = run_rabbit_main(path, outdir=outdir, timeout=args.main_timeout, python=main_python)
+                t_wfit, ours = wfit_process(path, outdir)
+                res["process"] = {"wfit": t_wfit, "main": theirs["wall_s"]}
+                res["_main"] = compare_main(ours, theirs) | {"cpu_s": theirs["cpu_s"], "nll": theirs["nll"]}
+                mem["main"] = theirs["peak_rss_mb"]
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                res["_main"] = {"error": str(exc).strip().splitlines()[0][:200]}
+            print(f"[{name}] rabbit main: {json.dumps(res.get('process'))} {json.dumps(res['_main'])}", flush=True)
+        rows.append((name, ws, res, mem, dense_mb))
 
     print(f"\nTensorFlow runtime baseline: {tf_rss:.0f} MB peak RSS\n")
+    # rabbit main's columns: the whole fit command only (its own process); "-" where not measured
+    main_cols = f" {'main [s]':>9} {'w/main':>7}" if main_python else ""
+    width = 78 + len(main_cols)
     print(
         f"{'model':<7} {'bins':>5} {'procs':>5} {'POIs':>4} {'syst':>4} | {'quantity':<9} "
-        f"{'wfit [s]':>10} {'rabbit [s]':>11} {'ratio':>7}"
+        f"{'wfit [s]':>10} {'rabbit [s]':>11} {'ratio':>7}{main_cols}"
     )
-    print("-" * 78)
+    print("-" * width)
     for name, ws, res, mem, dense_mb in rows:
-        for q in ("NLL", "NLL+grad", "Hessian", "fit+cov"):
-            r = res[q]
+        for q in ("NLL", "NLL+grad", "Hessian", "fit+cov", "process"):
+            r = res.get(q)
+            if r is None:
+                continue
+            theirs = (
+                f"{r['rabbit']:>11.4f} {r['wfit'] / r['rabbit']:>7.3f}" if "rabbit" in r else f"{'-':>11} {'-':>7}"
+            )
+            ours_main = ""
+            if main_python:
+                has = "main" in r
+                ours_main = f" {r['main']:>9.3f} {r['wfit'] / r['main']:>7.3f}" if has else f" {'-':>9} {'-':>7}"
             print(
                 f"{name:<7} {ws.nbins:>5} {ws.nproc:>5} {len(ws.signals):>4} {ws.nsyst:>4} | {q:<9} "
-                f"{r['wfit']:>10.4f} {r['rabbit']:>11.4f} {r['wfit'] / r['rabbit']:>7.3f}"
+                f"{r['wfit']:>10.4f} {theirs}{ours_main}"
             )
         budget = 1.5 * dense_mb + tf_rss
+        rss_main = f", rabbit main {mem['main']:.0f} MB" if "main" in mem else ""
         print(
-            f"{name:<7} peak RSS: wfit {mem['wfit']:.0f} MB, rabbit {mem['rabbit']:.0f} MB; dense logk "
+            f"{name:<7} peak RSS: wfit {mem['wfit']:.0f} MB, rabbit {mem['rabbit']:.0f} MB{rss_main}; dense logk "
             f"{dense_mb:.0f} MB -> budget 1.5 x logk + TF runtime = {budget:.0f} MB "
             f"(wfit {'within' if mem['wfit'] <= budget else 'OVER'})"
         )
@@ -351,7 +443,17 @@ def main() -> None:
             f"{name:<7} check: NLL wfit {c['wfit_nll']:.9f}, rabbit's NLL at wfit's minimum "
             f"{c['rabbit_nll_at_wfit_min']:.9f}, {c['niter']} iterations, EDM {c['edm']:.2g}"
         )
-        print("-" * 78)
+        m = res.get("_main")
+        if m is not None and "error" in m:
+            print(f"{name:<7} rabbit main: {m['error']}")
+        elif m is not None:
+            print(
+                f"{name:<7} rabbit main vs wfit: POIs max rel. dev. value {m['poi_value']:.1e} (|dx|/sigma "
+                f"{m['poi_pull']:.1e}), uncertainty {m['poi_error']:.1e}; nuisances max |dx|/sigma "
+                f"{m['nuis_pull']:.1e}, rel. dev. uncertainty {m['nuis_error']:.1e} (largest: {m['worst_error']}); "
+                f"NLL main - wfit {m['dnll']:.1e}; main CPU {m['cpu_s']:.0f} s"
+            )
+        print("-" * width)
 
 
 if __name__ == "__main__":
