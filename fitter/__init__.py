@@ -6,11 +6,15 @@ Public API (imported lazily, so that ``import wfit.fitter`` is cheap and never i
     from wfit.fitter import impacts, scan, scan2d, run_toys, goodness_of_fit
     from wfit.fitter.derived import evaluate, channel, ratio  # composed cross sections, joint covariance
     from wfit.fitter.derived import masked_channel, normalized, asymmetry, summed  # one quantity each
+    from wfit.fitter.breakdown import global_impacts, asymmetric_impacts  # rabbit main's impact kinds
+    from wfit.fitter.scanning import profile_interval                      # MINOS-like intervals
+    from wfit.fitter.regularization import lcurve                          # regularised unfolding
+    from wfit.fitter.blinding import Blinding                              # what a blinded fit shows
     from wfit.fitter.plots import plot_all
 
 The POIs are signal strengths mu (not sqrt(mu)), one per signal process; the NLL has Poisson
 terms with the saturated offset, Gaussian constraints on log-normal nuisances, and Barlow-Beeston
-lite for the MC statistics. See :mod:`wfit.fitter.likelihood` for the model.
+lite (or full) for the MC statistics. See :mod:`wfit.fitter.likelihood` for the model.
 """
 
 from __future__ import annotations
