@@ -156,33 +156,11 @@ def write_model(path: str, seed: int, *, groups=None, nois=(), **kw) -> None:
 
 
 def write_unfolding(path: str, ngen: int = 8, nreco: int = 16, seed: int = 12) -> None:
-    """tests/test_regularization.py's ``unfolding`` model: ``ngen`` generator bins (POIs, a masked ``xsec``
-    channel) smeared broadly into ``nreco`` reco bins, Gaussian data of known (diagonal) covariance."""
-    import hist
+    """tests/test_regularization.py's ``unfolding`` model (``tests.builders.build_unfolding_model``), with its
+    data covariance."""
+    from tests.builders import build_unfolding_model, write_rabbit
 
-    from tests.builders import Model, write_rabbit
-
-    rng = np.random.default_rng(seed)
-    centres = (np.arange(nreco) + 0.5) / nreco
-    gen = (np.arange(ngen) + 0.5) / ngen
-    resp = np.exp(-0.5 * ((centres[:, None] - gen[None, :]) / 0.2) ** 2)
-    resp /= resp.sum(axis=0, keepdims=True)
-    sigma = 1000.0 * (1.0 + np.sin(3.0 * gen))
-    a = resp * sigma[None, :]
-    mu_true = 1.0 + 0.1 * np.cos(5.0 * gen)
-    var = a @ mu_true
-    n = a @ mu_true + rng.normal(0.0, np.sqrt(var))
-    m = Model({"reco": {"axes": [hist.axis.Regular(nreco, 0, 1, name="x")], "masked": False},
-               "xsec": {"axes": [hist.axis.Regular(ngen, 0, 1, name="gen")], "masked": True}},
-              [f"gen{k}" for k in range(ngen)], [])
-    for k in range(ngen):
-        m.nominal[("reco", f"gen{k}")] = a[:, k]
-        m.sumw2[("reco", f"gen{k}")] = np.zeros(nreco)
-        onehot = np.zeros(ngen)
-        onehot[k] = sigma[k]
-        m.nominal[("xsec", f"gen{k}")] = onehot
-        m.sumw2[("xsec", f"gen{k}")] = np.zeros(ngen)
-    m.data["reco"] = n
+    m, _, var = build_unfolding_model(ngen, nreco, seed)
     write_rabbit(m, path, data_covariance=np.diag(var))
 
 

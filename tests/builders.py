@@ -88,6 +88,37 @@ def build_random_model(
     return m
 
 
+def build_unfolding_model(ngen: int = 8, nreco: int = 16, seed: int = 12) -> tuple[Model, np.ndarray, np.ndarray]:
+    """An ill-conditioned unfolding: ``ngen`` generator bins (the POIs ``gen<k>``, and a masked channel ``xsec``
+    holding their yields) smeared broadly (Gaussian width 0.2) into ``nreco`` reco bins, with Gaussian data.
+
+    Returns:
+        ``(model, a, var)``: ``a`` [nreco, ngen] is ``d nu_reco / d mu`` and ``var`` the data's (diagonal)
+        variances, to be written as the data covariance (``write_rabbit(..., data_covariance=np.diag(var))``).
+    """
+    rng = np.random.default_rng(seed)
+    centres = (np.arange(nreco) + 0.5) / nreco
+    gen = (np.arange(ngen) + 0.5) / ngen
+    resp = np.exp(-0.5 * ((centres[:, None] - gen[None, :]) / 0.2) ** 2)
+    resp /= resp.sum(axis=0, keepdims=True)
+    sigma = 1000.0 * (1.0 + np.sin(3.0 * gen))  # generator-level yields at mu = 1
+    a = resp * sigma[None, :]
+    mu_true = 1.0 + 0.1 * np.cos(5.0 * gen)
+    var = a @ mu_true
+    m = Model({"reco": {"axes": [hist.axis.Regular(nreco, 0, 1, name="x")], "masked": False},
+               "xsec": {"axes": [hist.axis.Regular(ngen, 0, 1, name="gen")], "masked": True}},
+              [f"gen{k}" for k in range(ngen)], [])
+    for k in range(ngen):
+        m.nominal[("reco", f"gen{k}")] = a[:, k]
+        m.sumw2[("reco", f"gen{k}")] = np.zeros(nreco)
+        onehot = np.zeros(ngen)
+        onehot[k] = sigma[k]
+        m.nominal[("xsec", f"gen{k}")] = onehot
+        m.sumw2[("xsec", f"gen{k}")] = np.zeros(ngen)
+    m.data["reco"] = a @ mu_true + rng.normal(0.0, np.sqrt(var))
+    return m, a, var
+
+
 def write_wfit(m: Model, path: str, *, rabbit_meta: bool = False, sparse: bool = False, **write_options) -> None:
     """Write ``m`` with wfit's writer; ``write_options`` go to ``WorkspaceWriter.write`` (e.g. compression)."""
     from wfit.workspace import WorkspaceWriter

@@ -82,3 +82,13 @@ def reference_fit(
     cov = np.full((n, n), np.nan)
     cov[np.ix_(free, free)] = np.linalg.inv(hess)
     return ReferenceFit(x=full(y).real, nll=f(y), covariance=cov)
+
+
+def jacobian_fd(fn, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    """The Jacobian of ``fn`` at ``x`` by central differences of step ``h`` (columns: the entries of ``x``)."""
+    cols = []
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = h
+        cols.append((fn(x + e) - fn(x - e)) / (2 * h))
+    return np.stack(cols, axis=1)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.builders import build_random_model, write_rabbit
+from tests.reference_fit import jacobian_fd
 from wfit.fitter import Likelihood, fit
 from wfit.fitter.derived import asymmetry, masked_channel, normalized, summed
 from wfit.workspace import WorkspaceWriter, read_workspace
@@ -19,15 +20,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),  # rabbit's writer leaves os.devnull open
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-def _jacobian_fd(fn, x, h=1e-6):
-    cols = []
-    for i in range(x.size):
-        e = np.zeros_like(x)
-        e[i] = h
-        cols.append((fn(x + e) - fn(x - e)) / (2 * h))
-    return np.stack(cols, axis=1)
 
 
 def test_masked_yields_match_rabbit_project_and_normalize(tmp_path):
@@ -100,7 +92,7 @@ def test_derived_covariances_equal_finite_difference_propagation(charge_model):
         "sum_y": (summed(ll, res, "xsec", ["charge"]), lambda x: yields(x).sum(1)),
     }
     for name, (derived, fn) in cases.items():
-        j = _jacobian_fd(fn, res.values)
+        j = jacobian_fd(fn, res.values)
         np.testing.assert_allclose(derived.values.ravel(), fn(res.values), rtol=1e-12, err_msg=name)
         np.testing.assert_allclose(derived.covariance, j @ res.covariance @ j.T, rtol=1e-6,
                                    atol=1e-10 * np.max(np.abs(derived.covariance)), err_msg=name)

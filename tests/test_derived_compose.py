@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.builders import build_random_model, write_wfit
+from tests.reference_fit import jacobian_fd
 from wfit.fitter import Likelihood, fit, read_result
 from wfit.fitter.cli import main
 from wfit.fitter.derived import (
@@ -35,15 +36,6 @@ from wfit.workspace import WorkspaceWriter, read_workspace
 
 SHAPE = (2, 3, 3)  # charge x absy x helicity
 NSIG = 4
-
-
-def _jacobian_fd(fn, x, h=1e-6):
-    cols = []
-    for i in range(x.size):
-        e = np.zeros_like(x)
-        e[i] = h
-        cols.append((fn(x + e) - fn(x - e)) / (2 * h))
-    return np.stack(cols, axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +103,8 @@ def _assert_cov_close(actual, expected, tol=1e-6, msg=""):
 def _reference_propagation(res, yields, beta_var, fn):
     """numpy values and covariance of ``fn(yields)``: central-difference Jacobians in x and beta."""
     beta0 = np.ones(beta_var.size)
-    jx = _jacobian_fd(lambda x: fn(yields(x, beta0)).ravel(), res.values)
-    jb = _jacobian_fd(lambda b: fn(yields(res.values, b)).ravel(), beta0)
+    jx = jacobian_fd(lambda x: fn(yields(x, beta0)).ravel(), res.values)
+    jb = jacobian_fd(lambda b: fn(yields(res.values, b)).ravel(), beta0)
     return fn(yields(res.values, beta0)).ravel(), jx @ res.covariance @ jx.T + (jb * beta_var) @ jb.T
 
 
@@ -165,7 +157,7 @@ def test_every_quantity_and_the_joint_covariance_equal_numpy_with_finite_differe
         _assert_cov_close(d.covariance, c, msg=text)
         np.testing.assert_allclose(d.errors.ravel(), np.sqrt(np.diag(c)), rtol=1e-6, err_msg=text)
     # the MC-statistical term matters here: without it the covariance would differ
-    x_only = _jacobian_fd(lambda x: yields(x, np.ones(beta_var.size)).ravel(), res.values)
+    x_only = jacobian_fd(lambda x: yields(x, np.ones(beta_var.size)).ravel(), res.values)
     assert not np.allclose(ev["xsec"].covariance, x_only @ res.covariance @ x_only.T, rtol=1e-3)
 
 

@@ -5,7 +5,6 @@ built independently (second differences with mirrored edges, Kronecker sums in 2
 
 from __future__ import annotations
 
-import hist
 import numpy as np
 import pytest
 
@@ -13,7 +12,7 @@ from wfit.fitter import FitOptions, Likelihood, fit_workspace
 from wfit.fitter.regularization import laplacian, lcurve
 from wfit.workspace import read_workspace
 
-from .builders import Model, write_rabbit
+from .builders import build_unfolding_model, write_rabbit
 
 NGEN, NRECO = 8, 16
 
@@ -42,31 +41,12 @@ def test_laplacian_is_the_sum_of_mirrored_second_differences():
 
 @pytest.fixture(scope="module")
 def unfolding(tmp_path_factory):
-    """Eight generator bins smeared (broadly) into sixteen reco bins; data with Gaussian noise of known covariance."""
-    rng = np.random.default_rng(12)
-    centres = (np.arange(NRECO) + 0.5) / NRECO
-    gen = (np.arange(NGEN) + 0.5) / NGEN
-    resp = np.exp(-0.5 * ((centres[:, None] - gen[None, :]) / 0.2) ** 2)  # ill-conditioned: cond ~ 6e6
-    resp /= resp.sum(axis=0, keepdims=True)
-    sigma = 1000.0 * (1.0 + np.sin(3.0 * gen))  # generator-level yields at mu = 1
-    a = resp * sigma[None, :]  # d nu_reco / d mu
-    mu_true = 1.0 + 0.1 * np.cos(5.0 * gen)
-    var = a @ mu_true
-    n = a @ mu_true + rng.normal(0.0, np.sqrt(var))
-    m = Model({"reco": {"axes": [hist.axis.Regular(NRECO, 0, 1, name="x")], "masked": False},
-               "xsec": {"axes": [hist.axis.Regular(NGEN, 0, 1, name="gen")], "masked": True}},
-              [f"gen{k}" for k in range(NGEN)], [])
-    for k in range(NGEN):
-        m.nominal[("reco", f"gen{k}")] = a[:, k]
-        m.sumw2[("reco", f"gen{k}")] = np.zeros(NRECO)
-        onehot = np.zeros(NGEN)
-        onehot[k] = sigma[k]
-        m.nominal[("xsec", f"gen{k}")] = onehot
-        m.sumw2[("xsec", f"gen{k}")] = np.zeros(NGEN)
-    m.data["reco"] = n
+    """Eight generator bins smeared (broadly: cond ~ 6e6) into sixteen reco bins; Gaussian data of known
+    covariance."""
+    m, a, var = build_unfolding_model(NGEN, NRECO, seed=12)
     path = str(tmp_path_factory.mktemp("unfold") / "ws.hdf5")
     write_rabbit(m, path, data_covariance=np.diag(var))
-    return path, a, np.diag(1.0 / var), n
+    return path, a, np.diag(1.0 / var), m.data["reco"]
 
 
 def _closed_form(a, c, n, tau):
