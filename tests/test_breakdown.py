@@ -33,7 +33,9 @@ def _rabbit_impacts(workspace, outdir, *extra):
     return fr["impacts"].get(), fr["impacts_grouped"].get()
 
 
-@pytest.mark.parametrize("bb_lite", [True, False], ids=["bblite", "nobb"])
+@pytest.mark.parametrize(
+    "bb_lite", [pytest.param(True, id="bblite"), pytest.param(False, id="nobb", marks=pytest.mark.slow)]
+)
 def test_impacts_equal_rabbit(tmp_path, bb_lite):
     m = build_random_model(seed=21)
     path = str(tmp_path / "ws.hdf5")

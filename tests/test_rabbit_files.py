@@ -112,7 +112,9 @@ def covariance_file(tmp_path_factory):
     return path, folder
 
 
-@pytest.mark.parametrize("bb_lite", [True, False], ids=["bblite", "nobb"])
+@pytest.mark.parametrize(
+    "bb_lite", [pytest.param(True, id="bblite"), pytest.param(False, id="nobb", marks=pytest.mark.slow)]
+)
 def test_chi2_fit_with_the_data_covariance_agrees_with_rabbit(covariance_file, bb_lite):
     path, folder = covariance_file
     out = folder / f"rabbit_{bb_lite}"
