@@ -135,7 +135,7 @@ def evaluate(model, x, order: int, profile: bool = True):
         outer.watch(x)
         with tf.GradientTape() as inner:
             inner.watch(x)
-            f = tf.reduce_sum(_bins(model, x, profile)[0]) + model._penalty(x)
+            f = tf.reduce_sum(_bins(model, x, profile)[0]) + model._constraints(x)
         if order == 0:
             return f
         g = inner.gradient(f, x)

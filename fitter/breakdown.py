@@ -167,8 +167,7 @@ def _bb_factors(ll: Likelihood, x):
         _, _, beta = profiled_bins(ll._process_yields(x, masked=False), ll._nobs, ll._lognobs, k, beta0,
                                    tf.logical_not(mask))
     else:
-        nu = ll._yields(x, bb_lite=False)
-        beta = tf.where(mask, beta0, (ll._nobs + k * beta0) / (nu + k))
+        beta = ll._bb_lite_beta(ll._yields(x, bb_lite=False))
     # gamma constraint k (beta - beta0) - k beta0 log(beta / beta0): curvature k beta0 / beta^2
     safe = tf.where(mask | (beta <= 0.0), tf.ones_like(beta), beta)
     scale = tf.where(mask | (beta <= 0.0), tf.zeros_like(beta), tf.sqrt(k * beta0) / safe)
@@ -204,8 +203,9 @@ def asymmetric_impacts(ll: Likelihood, result: FitResult, nuisances: list[str] |
     npoi = ll.npoi
     names = list(result.names[npoi:]) if nuisances is None else list(nuisances)
     values = np.full((npoi, len(names), 2), np.nan)
+    hess = ll.nll_grad_hess(result.values)[2]  # the Gaussian starting guesses of every interval
     for j, name in enumerate(names):
-        iv = profile_interval(ll, result, name, q=q)
+        iv = profile_interval(ll, result, name, q=q, hessian=hess)
         values[:, j, 0] = iv.x_down[:npoi] - result.values[:npoi]
         values[:, j, 1] = iv.x_up[:npoi] - result.values[:npoi]
     groups: list[str] = []
@@ -214,7 +214,7 @@ def asymmetric_impacts(ll: Likelihood, result: FitResult, nuisances: list[str] |
         def sides(frozen):
             out = np.full((npoi, 2), np.nan)
             for i, poi in enumerate(result.names[:npoi]):
-                iv = profile_interval(ll, result, poi, q=q, frozen=frozen)
+                iv = profile_interval(ll, result, poi, q=q, frozen=frozen, hessian=hess)
                 out[i] = iv.down, iv.up
             return out
 

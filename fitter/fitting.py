@@ -53,6 +53,7 @@ def fit(
         max_iter=max_iter,
         lower=lower,
         callback=callback,
+        **ll.minimizer_options(),
     )
     t1 = time.perf_counter()
     edm, cov = edm_and_covariance(res.grad, res.hess)

@@ -69,7 +69,11 @@ from wfit.fitter.traced import JITTED, Block, call_batch, flatten, shared_batch_
 from wfit.workspace import Workspace
 from wfit.workspace.schema import SYSTEMATIC_TYPES
 
-__all__ = ["Likelihood", "alpha_step"]
+__all__ = ["LARGE_HESSIAN_FLOPS", "Likelihood", "alpha_step"]
+
+#: Exact Hessians above this many floating-point operations (about 10 ms on one core) are worth avoiding:
+#: :meth:`Likelihood.minimizer_options`.
+LARGE_HESSIAN_FLOPS = 1e9
 
 
 def alpha_step(theta):
@@ -337,6 +341,36 @@ class Likelihood:
         f, g, h = self._call("_f_hess", x)
         return float(f), g.numpy(), h.numpy()
 
+    @property
+    def hessian_flops(self) -> tuple[float, float]:
+        """Floating-point operations of one exact Hessian and of one Gauss-Newton matrix (the products over the
+        log(kappa) blocks, which dominate on large models)."""
+        exact = gn = 0.0
+        for blk in self._blocks:
+            rows, cols = (int(d) for d in blk.a.shape)
+            gn += 2.0 * blk.nb * cols**2 + 2.0 * rows * cols
+            exact += 0.0 if self.additive else 2.0 * rows * cols**2
+        return exact + gn, gn
+
+    def minimizer_options(self) -> dict[str, Any]:
+        """The extra functions :func:`~wfit.fitter.minimize.minimize` works with on this model: where one exact
+        Hessian costs more than :data:`LARGE_HESSIAN_FLOPS`, the NLL alone to judge trial points and, where the
+        Gauss-Newton matrix costs under a quarter of it, that matrix for the iterations before the exact check."""
+        exact, gn = self.hessian_flops
+        if exact < LARGE_HESSIAN_FLOPS:
+            return {}
+        out: dict[str, Any] = {"fun": self.nll}
+        if not self.bb_full and gn < 0.25 * exact:
+            out["approx"] = self.nll_grad_gauss_newton
+        return out
+
+    def nll_grad_gauss_newton(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """The NLL, gradient and the Gauss-Newton (Fisher scoring) approximation of the Hessian at ``x``: without
+        the yields' second derivatives, which cost about ``nproc`` times the rest on dense models (the exact
+        Hessian with full Barlow-Beeston)."""
+        f, g, h = self._call("_f_hess_gn" if not self.bb_full else "_f_hess", x)
+        return float(f), g.numpy(), h.numpy()
+
     def nll_grad_hess_batch(
         self, x: np.ndarray, nobs: np.ndarray, theta0: np.ndarray, beta0: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -346,6 +380,14 @@ class Likelihood:
         ``nobs`` [N, bins], ``theta0`` [N, nsyst] and ``beta0`` [N, ...] replace the data and global observables
         of :meth:`set_data` for each toy; the likelihood's own data are not changed.
         """
+        x = np.asarray(x, dtype=np.float64)
+        ntoy = x.shape[0] if x.ndim == 2 else -1
+        expected = {"x": (x, (ntoy, self.nparams)), "nobs": (nobs, (ntoy, *self._nobs.shape)),
+                    "theta0": (theta0, (ntoy, *self._theta0.shape)), "beta0": (beta0, (ntoy, *self._beta0.shape))}
+        for name, (value, shape) in expected.items():
+            if np.shape(value) != shape:
+                raise ValueError(f"nll_grad_hess_batch: {name} has shape {np.shape(value)}, expected {shape} "
+                                 "(one row per toy)")
         fn = self._fns.get("_f_hess_batch")
         if fn is None:
             fn = self._fns["_f_hess_batch"] = shared_batch_function(self, self._flat, self._layout)
@@ -439,7 +481,7 @@ class Likelihood:
             g = nu_b - n - n * (tf.math.log(nu_safe) - self._lognobs[sl])
             return g, 1.0 - n_over_nu, n_over_nu / nu_safe
         k, mask, beta0 = self._kstat[sl], self._bbmask[sl], self._beta0[sl]
-        beta = tf.where(mask, beta0, (n + k * beta0) / (nu_b + k))
+        beta = self._bb_lite_beta(nu_b, sl)
         nub = nu_b * beta
         nub_safe = tf.where(has_n, nub, tf.ones_like(nub))
         beta0_safe = tf.where(beta0 > 0.0, beta0, tf.ones_like(beta0))
@@ -457,22 +499,34 @@ class Likelihood:
             g2 = g2 + tf.where(mask, tf.zeros_like(k), -beta / (nu_b + k))
         return g, g1, g2
 
+    def _bb_lite_beta(self, nu_b, sl=slice(None)):
+        """The profiled Barlow-Beeston lite factor of the Poisson bins ``sl`` with yields ``nu_b``:
+        ``(n + k beta0) / (nu + k)``, ``beta0`` where the bin has none."""
+        k, mask, beta0 = self._kstat[sl], self._bbmask[sl], self._beta0[sl]
+        return tf.where(mask, beta0, (self._nobs[sl] + k * beta0) / (nu_b + k))
+
     def _chi2_residual(self, nu_all):
         """``n - nu - S beta0``: the residual of the chi-square with the profiled additive beta."""
         return self._nobs - nu_all - self._sigma * self._beta0
 
-    def _penalty(self, x):
+    def _constraints(self, x):
         """The constraint and prior terms of the NLL."""
         f = 0.5 * tf.reduce_sum(self._cw * tf.square(x[self.npoi :] - self._theta0))
         if self._prior_idx is not None:  # Gaussian priors (maximum a posteriori)
             f = f + 0.5 * tf.reduce_sum(self._prior_w * tf.square(tf.gather_nd(x, self._prior_idx) - self._prior_mean))
         return f
 
-    def _evaluate(self, x, order: int, profile_bb: bool = True):
-        out = bbfull.evaluate(self, x, order, profile_bb) if self.bb_full else self._evaluate_data(x, order, profile_bb)
+    def _evaluate(self, x, order: int, profile_bb: bool = True, gauss_newton: bool = False):
+        if self.bb_full:
+            out = bbfull.evaluate(self, x, order, profile_bb)
+        else:
+            out = self._evaluate_data(x, order, profile_bb, gauss_newton)
         return out if self._reg_lap is None else regularization.add_penalty(self, x, order, out)
 
-    def _evaluate_data(self, x, order: int, profile_bb: bool = True):
+    def _evaluate_data(self, x, order: int, profile_bb: bool = True, gauss_newton: bool = False):
+        """NLL (``order`` 0), gradient (1) and Hessian (2); with ``gauss_newton`` the Hessian leaves out the terms
+        with second derivatives of the yields (each weighted by the bin's ``dL/dnu``, zero on average at the
+        minimum): ``J^T g'' J`` plus the constraints, the Gauss-Newton (Fisher scoring) matrix."""
         mu, theta, r, ta, dta, d2ta = self._split(x)
         npoi, ns = self.npoi, self.nsyst
         f = tf.constant(0.0, tf.float64)
@@ -481,6 +535,9 @@ class Likelihood:
         g_mu = tf.zeros([npoi], tf.float64)
         h_tt = tf.zeros([ns, ns], tf.float64)
         h_mt = tf.zeros([npoi, ns], tf.float64)
+        # the blocks' pieces over some of the nuisances, scattered into the full matrices at once at the end
+        # (one pass over an [nsyst, nsyst] matrix instead of one per block)
+        tt_idx, tt_val, mt_idx, mt_val = [], [], [], []
         h_mm = tf.zeros([npoi, npoi], tf.float64)
         yields = []
         for blk in self._blocks:
@@ -519,9 +576,15 @@ class Likelihood:
             if blk.d is not None:
                 at = at + tf.matmul(blk.d * tf.gather(dta, blk.dcols), blk.dsel)
             # d nu_b / d theta_k
-            j_t = self._bin_sum(blk, at if self.additive else nu[:, None] * at)
+            if self.additive:
+                j_t = self._bin_sum(blk, at)
+            elif blk.dense:  # one pass over the block, without a [rows, columns] temporary
+                j_t = tf.einsum("bp,bps->bs", tf.reshape(nu, [blk.nb, self._nproc]),
+                                tf.reshape(at, [blk.nb, self._nproc, -1]))
+            else:
+                j_t = self._bin_sum(blk, nu[:, None] * at)
             h_k = None
-            if not self.additive:
+            if not (self.additive or gauss_newton):
                 # sum_rows g'_b nu_row at_row at_row^T : second derivative of the log-normal yields
                 h_k = tf.matmul(at, at * gw[:, None], transpose_a=True)
             h_mt_k = None
@@ -533,7 +596,7 @@ class Likelihood:
                 h_k = tf.matmul(j_t, j_t2, transpose_a=True) + (0.0 if h_k is None else h_k)
                 h_mm = h_mm + tf.matmul(j_m, g2[:, None] * j_m, transpose_a=True)
                 h_mt_k = tf.matmul(j_m, j_t2, transpose_a=True)
-            if not self.additive:
+            if not (self.additive or gauss_newton):
                 # d2 nu_b / d mu_p d theta_k = nuhat_row at_row for the rows of process p
                 if blk.dense:
                     at3 = tf.reshape(at, [blk.nb, self._nproc, -1])[:, :npoi, :]
@@ -544,16 +607,26 @@ class Likelihood:
                         w_sig[:, None] * tf.gather(at, blk.sig_rows), blk.sig_index[:, 1], npoi
                     )
                 h_mt_k = mixed if h_mt_k is None else h_mt_k + mixed
-            # scatter the block's [Sk, Sk] and [npoi, Sk] pieces into the full matrices
-            if h_k is not None:
+            # scatter the block's [Sk, Sk] and [npoi, Sk] pieces into the full matrices (added directly where the
+            # block has every nuisance: its columns are sorted, so they are then all of them in order)
+            every = int(blk.a.shape[1]) == ns
+            if h_k is not None and every:
+                h_tt = h_tt + h_k
+            elif h_k is not None:
                 ii, jj = tf.meshgrid(blk.cols, blk.cols, indexing="ij")
-                h_tt = tf.tensor_scatter_nd_add(
-                    h_tt, tf.stack([tf.reshape(ii, [-1]), tf.reshape(jj, [-1])], 1), tf.reshape(h_k, [-1])
-                )
-            if h_mt_k is not None:
-                h_mt = tf.transpose(tf.tensor_scatter_nd_add(tf.transpose(h_mt), cols, tf.transpose(h_mt_k)))
+                tt_idx.append(tf.stack([tf.reshape(ii, [-1]), tf.reshape(jj, [-1])], 1))
+                tt_val.append(tf.reshape(h_k, [-1]))
+            if h_mt_k is not None and every:
+                h_mt = h_mt + h_mt_k
+            elif h_mt_k is not None:
+                mt_idx.append(cols)
+                mt_val.append(tf.transpose(h_mt_k))
+        if tt_idx:
+            h_tt = tf.tensor_scatter_nd_add(h_tt, tf.concat(tt_idx, 0), tf.concat(tt_val, 0))
+        if mt_idx:
+            h_mt = h_mt + tf.transpose(tf.scatter_nd(tf.concat(mt_idx, 0), tf.concat(mt_val, 0), [ns, npoi]))
         # constraints and priors
-        f = f + self._penalty(x)
+        f = f + self._constraints(x)
         dtheta = theta - self._theta0
         if self._prior_idx is not None:
             dprior = tf.gather_nd(x, self._prior_idx) - self._prior_mean
@@ -568,7 +641,7 @@ class Likelihood:
         if order == 1:
             return f, grad
         diag = self._cw
-        if self._has_asym:
+        if self._has_asym and not gauss_newton:
             diag = diag + tf.scatter_nd(self._asym_idx, g_asym * d2ta, [ns])
         h_tt = h_tt + tf.linalg.diag(diag)
         top = tf.concat([h_mm, h_mt], axis=1)
@@ -597,9 +670,7 @@ class Likelihood:
         for blk in self._blocks:
             nu_b = self._bin_sum(blk, self._block_yields(blk, theta, ta, r)[1])
             if bb_lite:
-                sl = slice(blk.b0, blk.b1)
-                k, mask, beta0 = self._kstat[sl], self._bbmask[sl], self._beta0[sl]
-                nu_b = nu_b * tf.where(mask, beta0, (self._nobs[sl] + k * beta0) / (nu_b + k))
+                nu_b = nu_b * self._bb_lite_beta(nu_b, slice(blk.b0, blk.b1))
             out.append(nu_b)
         return tf.concat(out, axis=0)
 

@@ -146,7 +146,7 @@ def lcurve(ll, taus: Sequence[float], *, tol: float = 1e-12, x0: np.ndarray | No
     try:
         for tau in taus:
             ll.set_tau(tau)
-            r = minimize(ll.nll_grad_hess, x, tol=tol)
+            r = minimize(ll.nll_grad_hess, x, tol=tol, **ll.minimizer_options())
             x = r.x
             p = unscaled_penalty(ll, x)
             lx.append(np.log(r.fun - np.exp(2.0 * tau) * p))

@@ -72,7 +72,7 @@ def _scan(ll: Likelihood, result: FitResult, params: Sequence[str], grid: np.nda
         near = min(start, key=lambda j: np.linalg.norm(grid[j] - grid[k]), default=None)
         x0 = (result.values if near is None else start[near]).copy()
         x0[idx] = grid[k]
-        r = minimize(ll.nll_grad_hess, x0, tol=tol, fixed=fixed)
+        r = minimize(ll.nll_grad_hess, x0, tol=tol, fixed=fixed, **ll.minimizer_options())
         start[k] = r.x
         q.append((k, 2.0 * (r.fun - result.nll)))
         status.append((k, int(r.status)))
@@ -122,20 +122,22 @@ class ProfileInterval:
 
 
 def profile_interval(ll: Likelihood, result: FitResult, param: str, *, q: float = 1.0,
-                     frozen: np.ndarray | None = None, tol: float = 1e-12, max_steps: int = 40) -> ProfileInterval:
+                     frozen: np.ndarray | None = None, tol: float = 1e-12, max_steps: int = 40,
+                     hessian: np.ndarray | None = None) -> ProfileInterval:
     """The crossings of ``2 dNLL = q`` of the profile likelihood of ``param`` (the MINOS interval for ``q = 1``).
 
     Each side is found by Newton's method on the profiled curve, whose slope is ``2 dNLL/dparam`` at the
     profiled point (the envelope theorem), kept inside a bracket (bisection when a step leaves it), from the
     Gaussian guess ``sqrt(q) sigma``; each point profiles the other parameters (those of ``frozen`` stay at
-    their fitted values).
+    their fitted values). ``hessian``: the Hessian at the fitted values, when the caller already has it (many
+    intervals of one fit).
     """
     require_unblinded(result, "a profile interval")
     i = result.index(param)
     hold = np.zeros(ll.nparams, dtype=bool) if frozen is None else np.asarray(frozen, dtype=bool).copy()
     hold[i] = False
     free = ~hold
-    h = ll.nll_grad_hess(result.values)[2]
+    h = ll.nll_grad_hess(result.values)[2] if hessian is None else hessian
     cov = np.zeros_like(h)
     cov[np.ix_(free, free)] = np.linalg.inv(h[np.ix_(free, free)])
     sigma = float(np.sqrt(cov[i, i]))
@@ -150,7 +152,7 @@ def profile_interval(ll: Likelihood, result: FitResult, param: str, *, q: float 
         for _ in range(max_steps):
             x0 = x_at.copy()
             x0[i] = result.values[i] + sign * t
-            r = minimize(ll.nll_grad_hess, x0, tol=tol, fixed=fixed)
+            r = minimize(ll.nll_grad_hess, x0, tol=tol, fixed=fixed, **ll.minimizer_options())
             x_at = r.x
             gap = 2.0 * (r.fun - result.nll) - q
             slope = 2.0 * sign * r.grad[i]  # d q / d t

@@ -58,11 +58,12 @@ BODIES: dict[str, Callable[[Any, Any], Any]] = {
     "_f_grad": lambda m, x: m._evaluate(x, 1),
     "_f_hess": lambda m, x: m._evaluate(x, 2),
     "_f_hess_fixed_beta": lambda m, x: m._evaluate(x, 2, profile_bb=False),
+    "_f_hess_gn": lambda m, x: m._evaluate(x, 2, gauss_newton=True),
     "_f_masked": lambda m, x: m._process_yields(x, masked=True),
     "_f_yields": lambda m, x: m._yields(x, m.bb_lite),
 }
 #: The functions compiled with XLA when the model asks for it (small models).
-JITTED = ("_f_nll", "_f_grad", "_f_hess")
+JITTED = ("_f_nll", "_f_grad", "_f_hess", "_f_hess_gn")
 #: Traced functions by (name, XLA, device, structure, tensor shapes); the oldest are dropped beyond the limit.
 _TRACED: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 _TRACED_MAX = 64
@@ -126,6 +127,7 @@ def shared_function(model: Any, name: str, flat: list[Any], layout: tuple[Any, .
         lambda x, *args: body(view(cls, layout, args), x),
         input_signature=[tf.TensorSpec([model.nparams], tf.float64), *specs],
         jit_compile=jit,
+        autograph=False,  # the maths branch on static structure only; converting it tripled the tracing time
     )
     _TRACED[key] = fn
     while len(_TRACED) > _TRACED_MAX:

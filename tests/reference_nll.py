@@ -18,7 +18,8 @@ def _alpha(theta):
     return np.where(np.abs(t.real) < 1.0, a, np.sign(t.real))
 
 
-def nll(ws: Workspace, x, data=None, bb_lite: bool = True):
+def yields(ws: Workspace, x):
+    """Expected events per unmasked bin, before the Barlow-Beeston factor."""
     npoi = len(ws.signals)
     nb = ws.nbins
     mu, theta = x[:npoi], x[npoi:]
@@ -29,8 +30,13 @@ def nll(ws: Workspace, x, data=None, bb_lite: bool = True):
         "bps,s->bp", half[:nb], theta * _alpha(theta)
     )
     r = np.concatenate([mu, np.ones(ws.nproc - npoi)])
-    nu = np.sum(ws.norm[:nb] * r * np.exp(expo), axis=1)
+    return np.sum(ws.norm[:nb] * r * np.exp(expo), axis=1)
+
+
+def bin_nll(ws: Workspace, nu, data=None, bb_lite: bool = True):
+    """The NLL of each bin for the expected events ``nu``, the Barlow-Beeston factor profiled."""
     n = ws.data_obs if data is None else data
+    nb = ws.nbins
     lb = 0.0
     if bb_lite:
         sw, sw2 = ws.sumw[:nb].sum(1), ws.sumw2[:nb].sum(1)
@@ -38,12 +44,16 @@ def nll(ws: Workspace, x, data=None, bb_lite: bool = True):
         k = np.where(ok, sw**2 / np.where(ok, sw2, 1.0), 1.0)
         beta = np.where(ok, (n + k) / (nu + k), 1.0)
         nu = nu * beta
-        lb = np.sum(np.where(ok, k * (beta - 1.0) - k * np.log(beta), 0.0))
+        lb = np.where(ok, k * (beta - 1.0) - k * np.log(beta), 0.0)
     logn = np.log(np.where(n > 0, n, 1.0))
     lognu = np.log(np.where(n > 0, nu, 1.0))
-    lp = np.sum(nu - n - n * (lognu - logn))
+    return nu - n - n * (lognu - logn) + lb
+
+
+def nll(ws: Workspace, x, data=None, bb_lite: bool = True):
+    theta = x[len(ws.signals) :]
     lc = 0.5 * np.sum(ws.constraint_weights * theta**2)
-    return lp + lb + lc
+    return np.sum(bin_nll(ws, yields(ws, x), data, bb_lite)) + lc
 
 
 def grad_complex_step(ws: Workspace, x, h: float = 1e-40, **kw) -> np.ndarray:

@@ -37,6 +37,11 @@ def test_batched_evaluation_equals_one_toy_at_a_time(ll):
         np.testing.assert_allclose(h[i], hi, rtol=1e-10, atol=1e-10 * np.abs(hi).max())
     ll.set_data(data)
     np.testing.assert_array_equal(ll.data, data)  # the batch did not touch the likelihood's own data
+    # one row per toy in every argument, or a clear error (a transposed or short array is never broadcast)
+    with pytest.raises(ValueError, match=r"nobs has shape \(4, .*\), expected \(5, "):
+        ll.nll_grad_hess_batch(x, nobs[:4], theta0, beta0)
+    with pytest.raises(ValueError, match=r"theta0 has shape"):
+        ll.nll_grad_hess_batch(x, nobs, theta0.T, beta0)
 
 
 @pytest.mark.parametrize("batch_size", [3, 16])
