@@ -114,6 +114,7 @@ class FitOptions:
         ):
             _fail("regularize", self.regularize, "a sequence of masked channel names, e.g. ('xsec',)")
         object.__setattr__(self, "regularize", tuple(self.regularize))
+        _no_duplicates("regularize", self.regularize)
         if (self.lcurve or self.tau != 0.0) and not self.regularize:
             _fail("lcurve" if self.lcurve else "tau", self.lcurve if self.lcurve else self.tau,
                   "only has an effect with regularize=(channel, ...) (--regularize CHANNEL)")
@@ -140,6 +141,7 @@ class FitOptions:
             patterns = _patterns(name, getattr(self, name))
             if patterns and not self.blind:
                 _fail(name, getattr(self, name), "only has an effect on a blinded fit: add blind=True (--blind)")
+            _no_duplicates(name, patterns)
             object.__setattr__(self, name, patterns)
 
     @classmethod
@@ -234,7 +236,7 @@ def _priors(value: Any) -> tuple[tuple[str, float, float], ...]:
 
 
 def _patterns(name: str, value: Any) -> tuple[str, ...]:
-    """Parameter names or regular expressions as a tuple of distinct non-empty strings (lists from JSON too)."""
+    """Parameter names or regular expressions as a tuple of non-empty strings (lists from JSON too)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
         _fail(name, value, "a sequence of parameter names or regular expressions, e.g. ('W_L.*',)")
     for pattern in value:
@@ -244,11 +246,18 @@ def _patterns(name: str, value: Any) -> tuple[str, ...]:
             re.compile(pattern)
         except re.error as err:
             _fail(name, value, f"{pattern!r} is not a regular expression ({err})")
-    return tuple(dict.fromkeys(value))
+    return tuple(value)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _no_duplicates(field_name: str, values: tuple) -> None:
+    """A name given twice is a typo or a copy-paste: refuse it rather than guess what was meant."""
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        _fail(field_name, values, f"{twice} given more than once: give each once")
 
 
 def _fail(name: str, value: Any, rule: str) -> None:

@@ -175,6 +175,9 @@ def test_fit_options_are_checked(ws_path, capsys):
         ({"seed": -1}, r"seed=-1: .*integer >= 0"),
         ({"device": "tpu"}, r"device='tpu': allowed: None, 'auto', 'cpu', 'gpu'"),
         ({"asimov": 1}, r"asimov=1: must be True or False"),
+        ({"regularize": ("xsec", "xsec")}, r"regularize=.*\['xsec'\] given more than once"),
+        ({"blind": True, "unblind": ("sig0", "sig.*", "sig0")}, r"unblind=.*\['sig0'\] given more than once"),
+        ({"blind": True, "blinding_groups": ("W.*", "W.*")}, r"blinding_groups=.*given more than once"),
     ]:
         with pytest.raises(ValueError, match=match):
             FitOptions(**bad)

@@ -122,5 +122,13 @@ def test_cli_writes_global_and_asymmetric_impacts(symmetric, tmp_path, capsys):
     np.testing.assert_allclose(stored.extra["global_impacts_grouped"], gi.grouped, rtol=1e-6)
     np.testing.assert_allclose(stored.extra["asym_impacts"], ai.values, rtol=1e-5, atol=1e-9)
     assert list(stored.extra["asym_impact_groups"]) == ai.groups
+    # independent of the in-process call: the file's impacts against the file's own uncertainties
+    npoi = ll.npoi
+    groups = [str(g) for g in stored.extra["global_impact_groups"]]
+    own = [groups.index(g) for g in ll.ws.syst_groups] + [groups.index("stat"), groups.index("binByBinStat")]
+    grouped = stored.extra["global_impacts_grouped"]
+    np.testing.assert_allclose(np.sqrt(np.sum(grouped[:, own] ** 2, axis=1)), stored.errors[:npoi], rtol=1e-8)
+    total = stored.extra["asym_impacts_grouped"][:, [str(g) for g in stored.extra["asym_impact_groups"]].index("Total")]
+    np.testing.assert_allclose(0.5 * (total[:, 1] - total[:, 0]), stored.errors[:npoi], rtol=0.02)
     text = capsys.readouterr().out
     assert "global impacts on sig0:" in text and "asymmetric impacts on sig0:" in text
