@@ -130,7 +130,8 @@ class FitResult:
             f.create_dataset("names", data=np.array(self.names, dtype=object), dtype=h5py.string_dtype())
             f.create_dataset("values", data=self.values)
             f.create_dataset("errors", data=self.errors)
-            f.create_dataset("covariance", data=self.covariance, compression="gzip")
+            # uncompressed: gzip saved 5% of a 4100 x 4100 covariance for 2.5 s of a 0.4 s write
+            f.create_dataset("covariance", data=self.covariance)
             for k, v in self.extra.items():
                 v = np.asarray(v)
                 if v.dtype.kind in "OU":  # names: variable-length strings, not pickles
