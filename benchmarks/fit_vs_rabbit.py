@@ -359,6 +359,11 @@ def timings(path: str, reps: dict[str, int]) -> dict[str, dict[str, float]]:
     return out
 
 
+def result_path(workspace: str, kind: str) -> str:
+    """Where a child process writes the result of fitting ``workspace`` (``kind``: ``cli`` or ``exact``)."""
+    return os.path.join(os.path.dirname(workspace), f"wfit_{kind}_result_{os.path.basename(workspace)}")
+
+
 class RssSampler:
     """The process's resident memory every 50 ms while in the ``with`` block, to tell the peak of each stage."""
 
@@ -438,13 +443,13 @@ def memory_child(which: str, path: str) -> None:
 
         likelihood.LARGE_HESSIAN_FLOPS = float("inf")
         res = fit_workspace(path, tol=1e-10)
-        res.write(os.path.join(os.path.dirname(path), "wfit_exact_result.hdf5"))
+        res.write(result_path(path, "exact"))
         extra = {"niter": res.niter, "minimize_s": res.timings["minimize"]}
     elif which == "wfit-cli":  # the whole command, as a user runs it
         from wfit.fitter import read_result
         from wfit.fitter.cli import main as wfit_main
 
-        out = os.path.join(os.path.dirname(path), "wfit_cli_result.hdf5")
+        out = result_path(path, "cli")
         with RssSampler() as rss:
             code = wfit_main(["fit", path, "-q", "--tol", "1e-10", "-o", out])
         extra = {"exit": code, "stage_peak_rss_mb": rss.per_stage(read_result(out).timings)}
@@ -460,17 +465,19 @@ def child(which: str, path: str, timeout: float | None = None) -> dict:
     env = dict(os.environ, GIT_DIR=os.path.join(os.path.dirname(path), "no-git"))
     t0 = time.perf_counter()
     try:
-        out = subprocess.run(
+        proc = subprocess.run(
             [sys.executable, __file__, "--memory-child", which, path],
             capture_output=True,
             text=True,
             env=env,
-            check=True,
+            check=False,
             timeout=timeout,
-        ).stdout
+        )
     except subprocess.TimeoutExpired:
         return {"timeout": True, "wall_s": time.perf_counter() - t0}
-    return json.loads(out.strip().splitlines()[-1]) | {"wall_s": time.perf_counter() - t0}
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {which} child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"wall_s": time.perf_counter() - t0}
 
 
 def peak_rss(which: str, path: str) -> float:
@@ -484,7 +491,7 @@ def large_model(name: str, path: str, rabbit_timeout: float, compare_exact: bool
     from wfit.fitter import read_result
 
     ours = child("wfit-cli", path)
-    result = read_result(os.path.join(os.path.dirname(path), "wfit_cli_result.hdf5"))
+    result = read_result(result_path(path, "cli"))
     stages = dict(result.timings)
     stages["write"] = stages["total"] - sum(v for k, v in stages.items() if k != "total")
     stages["start+imports"] = ours["wall_s"] - stages["total"]
@@ -492,7 +499,7 @@ def large_model(name: str, path: str, rabbit_timeout: float, compare_exact: bool
     exact = None
     if compare_exact:
         exact = child("wfit-exact", path)
-        ref = read_result(os.path.join(os.path.dirname(path), "wfit_exact_result.hdf5"))
+        ref = read_result(result_path(path, "exact"))
         exact |= {
             "max_dx_sigma": float(np.max(np.abs(result.values - ref.values) / ref.errors)),
             "max_rel_error": float(np.max(np.abs(result.errors / ref.errors - 1.0))),
@@ -507,24 +514,11 @@ def large_model(name: str, path: str, rabbit_timeout: float, compare_exact: bool
     }
 
 
-def wfit_process(path: str, outdir: str) -> tuple[float, object]:
+def wfit_process(path: str) -> tuple[float, object]:
     """Wall time of the whole ``wfit fit`` command in a child process (as rabbit main's runs), and its result."""
     from wfit.fitter import read_result
 
-    out = os.path.join(outdir, "wfit_result.hdf5")
-    env = dict(os.environ, GIT_DIR=os.path.join(outdir, "no-git"))
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "wfit.fitter.cli", "fit", path, "-q", "--tol", "1e-10", "-o", out],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):  # 1: not converged, shown by the comparison
-        raise RuntimeError(f"wfit fit failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall, read_result(out)
+    return child("wfit-cli", path)["wall_s"], read_result(result_path(path, "cli"))
 
 
 def compare_main(ours, theirs: dict) -> dict:
@@ -618,7 +612,7 @@ def main() -> None:
             os.makedirs(outdir, exist_ok=True)
             try:
                 theirs = run_rabbit_main(path, outdir=outdir, timeout=args.main_timeout, python=main_python)
-                t_wfit, ours = wfit_process(path, outdir)
+                t_wfit, ours = wfit_process(path)
                 res["process"] = {"wfit": t_wfit, "main": theirs["wall_s"]}
                 res["_main"] = compare_main(ours, theirs) | {"cpu_s": theirs["cpu_s"], "nll": theirs["nll"]}
                 mem["main"] = theirs["peak_rss_mb"]

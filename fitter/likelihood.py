@@ -385,7 +385,9 @@ class Likelihood:
         of :meth:`set_data` for each toy; the likelihood's own data are not changed.
         """
         x = np.asarray(x, dtype=np.float64)
-        ntoy = x.shape[0] if x.ndim == 2 else -1
+        if x.ndim != 2:
+            raise ValueError(f"nll_grad_hess_batch: x has shape {x.shape}, expected (N toys, {self.nparams})")
+        ntoy = x.shape[0]
         expected = {"x": (x, (ntoy, self.nparams)), "nobs": (nobs, (ntoy, *self._nobs.shape)),
                     "theta0": (theta0, (ntoy, *self._theta0.shape)), "beta0": (beta0, (ntoy, *self._beta0.shape))}
         for name, (value, shape) in expected.items():

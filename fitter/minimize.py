@@ -12,11 +12,11 @@ gradient pushes it further out is held fixed for that iteration.
 
 On large models the exact Hessian is the cost: its term with the yields' second derivatives grows as
 bins x processes x nuisances^2 (on a dense model of the CMS W-helicity fit's size, 3320 bins, 78 processes
-and 1354 nuisances, one Hessian is about 1e12 flops, 90 times the gradient). Given a cheaper positive
+and 1354 nuisances, one Hessian is 3.5e11 flops, about 50 times the gradient's time). Given a cheaper positive
 semi-definite model of the curvature (``approx``: the Gauss-Newton/Fisher matrix, whose cost grows with bins,
-not bins x processes), the iterations use it until its EDM falls below the tolerance; the exact Hessian is then
-computed there and the same stopping rule applied to it, with exact Newton iterations from there if it is not
-met. So the minimum and the curvature returned (and the covariance made from it) are those of the exact
+not bins x processes), the iterations use it, later corrected by one exact Hessian (:class:`_Curvature`), until
+its EDM falls below the tolerance; the exact Hessian is then computed there and the same stopping rule applied
+to it, with exact Newton iterations from there if it is not met. So the minimum and the curvature returned (and the covariance made from it) are those of the exact
 method. Far from the minimum the Gauss-Newton matrix is also the better model: the exact Hessian of a
 log-normal model is indefinite wherever the prediction exceeds the data, and the trust region then creeps
 along directions of negative curvature. Trial points are judged on the NLL alone (``fun``) where that is
@@ -199,8 +199,8 @@ def minimize(
             scale (about one standard deviation); the region's radius is this times sqrt(n).
         callback: Called as ``callback(iteration, nll, edm)`` after each iteration.
         approx: Returns the NLL, gradient and a cheaper positive semi-definite approximation of the Hessian
-            (:meth:`~wfit.fitter.likelihood.Likelihood.nll_grad_gauss_newton`), used until its EDM is below
-            ``tol``; the result is then checked, and finished if needed, with ``fgh``.
+            (:meth:`~wfit.fitter.likelihood.Likelihood.nll_grad_gauss_newton`), used until its EDM is 100 times
+            below ``tol`` (:class:`_Curvature`); the result is then checked, and finished if needed, with ``fgh``.
         fun: Returns the NLL alone: after the first rejected step, trial points are judged on it and the
             derivatives computed only at the accepted ones (worth it where they cost much more than the NLL).
 
@@ -225,9 +225,9 @@ class _Curvature:
     The exact Hessian is computed where the EDM of the model in use is below :attr:`BELOW` times the tolerance
     (the check: the cheap iterations go on a little further than the tolerance asks, so that the point where
     the exact Hessian, and the covariance, is taken is as close to the minimum as the exact method's), and
-    where the EDM falls less than :attr:`SLOW` times per accepted step below an EDM of :attr:`NEAR` (the approximation's
-    linear convergence is too slow: its correction is refreshed; after :attr:`REFRESHES`, exact iterations take
-    over).
+    where, below an EDM of :attr:`NEAR`, an accepted step leaves more than :attr:`SLOW` of the EDM (the
+    approximation's linear convergence is too slow: its correction is refreshed; after :attr:`REFRESHES`, exact
+    iterations take over).
     """
 
     SLOW = 0.3
@@ -287,7 +287,7 @@ def _minimize(fgh, x0, *, tol, max_iter, lower, fixed, initial_radius, callback,
     curv = _Curvature(fgh, approx)
     f, g, h = curv.evaluate(x)
     nfev = 1
-    rejected = 0  # once a step has been rejected, trial points are judged on ``fun`` alone
+    any_rejected = False  # once a step has been rejected, trial points are judged on ``fun`` alone
     radius = float(initial_radius) * np.sqrt(n)
     scale = np.sqrt(np.abs(np.diag(h)))
     history = [f]
@@ -333,7 +333,7 @@ def _minimize(fgh, x0, *, tol, max_iter, lower, fixed, initial_radius, callback,
         xn = np.where(fixed, x, np.maximum(x + step, lower))
         step = xn - x
         pred = -(g @ step + 0.5 * step @ h @ step)
-        trial = fun is not None and rejected > 0
+        trial = fun is not None and any_rejected
         if trial:
             fn = float(fun(xn))
         else:
@@ -350,7 +350,7 @@ def _minimize(fgh, x0, *, tol, max_iter, lower, fixed, initial_radius, callback,
             rho = -1.0  # the quadratic model predicts an increase: the step is numerically unsound
         else:
             rho = actual / pred
-        rejected += rho <= 1e-4
+        any_rejected = any_rejected or rho <= 1e-4
         if rho < 0.25:
             radius = 0.5 * snorm if snorm > 0 else 0.25 * radius
         elif rho > 0.75 and snorm >= 0.99 * radius:

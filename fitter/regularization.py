@@ -144,9 +144,10 @@ def lcurve(ll, taus: Sequence[float], *, tol: float = 1e-12, x0: np.ndarray | No
     x = ll.x0.copy() if x0 is None else np.asarray(x0, dtype=np.float64)
     lx, ly, status = [], [], []
     try:
+        options = ll.minimizer_options()
         for tau in taus:
             ll.set_tau(tau)
-            r = minimize(ll.nll_grad_hess, x, tol=tol, **ll.minimizer_options())
+            r = minimize(ll.nll_grad_hess, x, tol=tol, **options)
             x = r.x
             p = unscaled_penalty(ll, x)
             lx.append(np.log(r.fun - np.exp(2.0 * tau) * p))

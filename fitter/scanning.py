@@ -68,11 +68,12 @@ def _scan(ll: Likelihood, result: FitResult, params: Sequence[str], grid: np.nda
     # Walk outwards from the minimum so that each point starts next to its neighbour's solution.
     order = np.argsort(np.linalg.norm((grid - result.values[idx]) / result.errors[idx], axis=1))
     start = {}
+    options = ll.minimizer_options()
     for k in order:
         near = min(start, key=lambda j: np.linalg.norm(grid[j] - grid[k]), default=None)
         x0 = (result.values if near is None else start[near]).copy()
         x0[idx] = grid[k]
-        r = minimize(ll.nll_grad_hess, x0, tol=tol, fixed=fixed, **ll.minimizer_options())
+        r = minimize(ll.nll_grad_hess, x0, tol=tol, fixed=fixed, **options)
         start[k] = r.x
         q.append((k, 2.0 * (r.fun - result.nll)))
         status.append((k, int(r.status)))
@@ -144,6 +145,7 @@ def profile_interval(ll: Likelihood, result: FitResult, param: str, *, q: float 
     fixed = hold.copy()
     fixed[i] = True
     out = {}
+    options = ll.minimizer_options()
     for sign in (-1.0, 1.0):
         lo, hi = 0.0, np.inf  # bracket of the shift t: q(lo) < q target < q(hi)
         t = np.sqrt(q) * sigma
@@ -152,7 +154,7 @@ def profile_interval(ll: Likelihood, result: FitResult, param: str, *, q: float 
         for _ in range(max_steps):
             x0 = x_at.copy()
             x0[i] = result.values[i] + sign * t
-            r = minimize(ll.nll_grad_hess, x0, tol=tol, fixed=fixed, **ll.minimizer_options())
+            r = minimize(ll.nll_grad_hess, x0, tol=tol, fixed=fixed, **options)
             x_at = r.x
             gap = 2.0 * (r.fun - result.nll) - q
             slope = 2.0 * sign * r.grad[i]  # d q / d t

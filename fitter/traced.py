@@ -127,7 +127,7 @@ def shared_function(model: Any, name: str, flat: list[Any], layout: tuple[Any, .
         lambda x, *args: body(view(cls, layout, args), x),
         input_signature=[tf.TensorSpec([model.nparams], tf.float64), *specs],
         jit_compile=jit,
-        autograph=False,  # the maths branch on static structure only; converting it tripled the tracing time
+        autograph=False,  # the maths branch on static structure only; converting it made tracing 1.7x slower
     )
     _TRACED[key] = fn
     while len(_TRACED) > _TRACED_MAX:

@@ -42,6 +42,8 @@ def test_batched_evaluation_equals_one_toy_at_a_time(ll):
         ll.nll_grad_hess_batch(x, nobs[:4], theta0, beta0)
     with pytest.raises(ValueError, match=r"theta0 has shape"):
         ll.nll_grad_hess_batch(x, nobs, theta0.T, beta0)
+    with pytest.raises(ValueError, match=r"x has shape \(\d+,\), expected \(N toys, "):
+        ll.nll_grad_hess_batch(x[0], nobs, theta0, beta0)
 
 
 @pytest.mark.parametrize("batch_size", [3, 16])
