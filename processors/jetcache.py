@@ -23,7 +23,14 @@ often and is small) holding
 
 * a TTree ``JetCorrectionEvents`` with one entry per event of the range: ``dnnState`` (uint8; 1 if the
   event's jets are stored, 0 for an event that the pass did not see, such as one dropped for non-finite
-  values) and ``nJet`` (its number of jets, 0 where not stored);
+  values), ``nJet`` (its number of jets, 0 where not stored), ``metState`` (uint8; 1 if every jet of the
+  event that the type-1 MET can use was evaluated) and, per jet-calibration variation ``<v>`` (``nominal``,
+  ``up``, ``down``, and ``resoUp``, ``resoDown`` for a model with a resolution head), ``metDx_<v>`` and
+  ``metDy_<v>`` (float64): the event's type-1 MET change ``sum_j (pT'_j - Jet_pt_j) (cos phi_j, sin phi_j)``
+  (:mod:`wfit.processors.jetmet`), 0 where ``metState`` is 0. These depend on the calibration's MET settings
+  (``met_jet_pt_min``, ``variation``, ``min_raw_pt``), recorded in the metadata: a pass with other settings
+  uses the jets' columns instead. A later pass with the same settings reads these two columns per variation it
+  fills and nothing of the jets;
 * a TTree ``JetCorrections`` with one entry per stored jet (the events' ``Jet`` lists one after another, the
   input's order; with ``nJet``, one jagged column): ``dnnLogCorrection`` (float32, the model's
   ``log(pt_gen / pt)``; NaN for a jet that was not evaluated), for a model with a resolution head
@@ -32,7 +39,7 @@ often and is small) holding
   besides the correction: a warm pass reads only ``nJet`` of the input's jets, the count that every entry is
   checked against);
 * a string ``wfit_jet_cache``: JSON with the format version, the input file's UUID, size and path, the range,
-  the model's SHA-256 and file name, and the output columns.
+  the model's SHA-256 and file name, the output columns, and the MET settings and variations.
 
 The model's outputs are stored as it gave them, and inference is deterministic per jet
 (:class:`wfit.calib.OnnxCalibrator`), so templates from a warm cache equal those computed in place bit for bit.
@@ -77,11 +84,12 @@ __all__ = [
     "JetCacheError",
     "build_jet_cache",
     "file_identity",
+    "met_columns",
     "output_columns",
 ]
 
 #: Version of the entry layout; entries of another version are stale.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _EVENTS = "JetCorrectionEvents"
 _JETS = "JetCorrections"
 _META = "wfit_jet_cache"
@@ -90,6 +98,11 @@ KINEMATICS = ("pt", "rawFactor", "phi")
 _CORRECTION = "dnnLogCorrection"
 _QUANTILE = "dnnLogQuantile"
 _BASKET = 100_000
+
+
+def met_columns(variation: str) -> tuple[str, str]:
+    """The two per-event columns of an entry holding one variation's type-1 MET change, ``metDx_<v>``, ``metDy_<v>``."""
+    return f"metDx_{variation}", f"metDy_{variation}"
 
 
 class JetCacheError(OSError):
@@ -136,14 +149,19 @@ class CachedChunk:
     """What the cache knows about one chunk (events in the chunk's order, jets flat in event order).
 
     Attributes:
-        known: Per event: an entry holds its jets.
-        values: Per output column name, per jet: the stored value, NaN where no entry holds one.
+        known: Per event: an entry holds its jets (none when the jets were not asked for).
+        values: Per output column name, per jet: the stored value, NaN where no entry holds one (empty when the
+            jets were not asked for).
+        met_known: Per event: an entry holds its type-1 MET changes for the MET settings asked for.
+        met: Per variation asked for: the ``(dx, dy)`` MET change per event, 0 where ``met_known`` is False.
         entries: The entry files read.
         stale: Entry files found stale (and removed).
     """
 
     known: np.ndarray
     values: dict[str, np.ndarray]
+    met_known: np.ndarray
+    met: dict[str, tuple[np.ndarray, np.ndarray]]
     entries: list[str]
     stale: list[str]
 
@@ -222,7 +240,15 @@ class JetCache:
 
     # ------------------------------------------------------------------ reading
     def read(
-        self, key: EntryKey, events: np.ndarray, counts: np.ndarray, quantiles: Sequence[float] = ()
+        self,
+        key: EntryKey,
+        events: np.ndarray,
+        counts: np.ndarray,
+        quantiles: Sequence[float] = (),
+        *,
+        jets: bool = True,
+        met_settings: Mapping[str, float] | None = None,
+        met_variations: Sequence[str] = (),
     ) -> CachedChunk:
         """What the entries overlapping the chunk ``key`` (``[start, stop)`` of its file) hold for its events.
 
@@ -232,6 +258,10 @@ class JetCache:
                 ``range(stop - start)`` unless events were dropped).
             counts: Jets per event of the chunk (the consistency check of every entry read).
             quantiles: The model's quantile levels (the entry must have the same).
+            jets: Read the jets' columns (else only the per-event columns).
+            met_settings: The calibration's MET settings (:meth:`write`'s): which events' MET changes entries
+                written with the same settings hold is read (``met_known``).
+            met_variations: The variations whose MET changes to read (with ``met_settings``).
 
         Returns:
             A :class:`CachedChunk` (kinematic columns as stored or as float64, outputs as float32); entries that are
@@ -241,11 +271,14 @@ class JetCache:
         file, model_sha256, start, stop = key
         counts = np.asarray(counts, dtype=np.int64)
         columns = _columns(quantiles)
-        n_jets = int(counts.sum())
-        offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
+        met_variations = list(met_variations) if met_settings is not None else []
+        if met_settings is None and met_variations:
+            raise ValueError("JetCache.read: met_variations need met_settings")
         known = np.zeros(len(counts), dtype=bool)
+        met_known = np.zeros(len(counts), dtype=bool)
+        met = {v: (np.zeros(len(counts)), np.zeros(len(counts))) for v in met_variations}
         values: dict[str, np.ndarray] = {}
+        offsets: np.ndarray | None = None  # of the chunk's jets, when an entry's jets are scattered
         used: list[str] = []
         stale: list[str] = []
         absolute = start + np.asarray(events, dtype=np.int64)  # entry in the file of each event of the chunk
@@ -255,30 +288,49 @@ class JetCache:
                 continue
             # Events of the chunk inside the overlap, and their rows in the entry.
             first, last = (int(i) for i in np.searchsorted(absolute, [lo, hi]))
-            if first == last or known[first:last].all():
+            if first == last:
                 continue
-            got = self._read_entry(path, file, model_sha256, e_start, e_stop, columns, quantiles, lo, hi)
+            want_jets = jets and not known[first:last].all()
+            want_met = met_settings is not None and not met_known[first:last].all()
+            if not (want_jets or want_met):
+                continue
+            spec = _EntrySpec(file, model_sha256, e_start, e_stop, columns, quantiles)
+            got = _read_entry(path, spec, lo, hi, want_jets, met_settings if want_met else None, met_variations)
             if got is None:
                 stale.append(path)
                 continue
-            state, n_entry, flat = got
+            state, n_entry, flat, met_state, met_flat = got
             rows = absolute[first:last] - lo
-            here = state[rows] == 1
-            mine = np.arange(first, last)
-            if np.any(n_entry[rows][here] != counts[mine][here]):
+            # Rows of the entry for the chunk's events of the overlap: a slice when none was dropped (the usual
+            # case), else an index.
+            sel: slice | np.ndarray = rows
+            if rows[-1] - rows[0] == len(rows) - 1:
+                sel = slice(int(rows[0]), int(rows[-1]) + 1)
+            here = state[sel] == 1
+            if np.any((n_entry[sel] != counts[first:last]) & here):
                 stale.append(path)  # the entry describes other jets than the file's: never use it
                 continue
             used.append(path)
-            fresh = here & ~known[mine]
-            if not fresh.any():
+            if want_met:  # met_state is 0 where the entry's MET settings are others
+                take = (met_state[sel] == 1) & here & ~met_known[first:last]
+                for v in met_variations if take.any() else ():
+                    for out, col in zip(met[v], met_flat[v], strict=True):
+                        np.copyto(out[first:last], col[sel], where=take)
+                met_known[first:last] |= take
+            fresh = here & ~known[first:last]
+            if not want_jets or not fresh.any():
                 continue
+            mine = np.arange(first, last)
             if not values:
                 if fresh.all() and len(rows) == len(counts) and len(n_entry) == len(rows) and rows[-1] == len(rows) - 1:
                     # The usual case: one entry holds the whole chunk, event for event: its columns as they are.
                     values = dict(flat)
                     known[:] = True
-                    break
-                values = _unknown(n_jets, columns)
+                    continue
+                values = _unknown(int(counts.sum()), columns)
+            if offsets is None:
+                offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+                np.cumsum(counts, out=offsets[1:])
             entry_offsets = np.zeros(len(n_entry) + 1, dtype=np.int64)
             np.cumsum(n_entry, out=entry_offsets[1:])
             take, src_rows = mine[fresh], rows[fresh]
@@ -289,61 +341,11 @@ class JetCache:
             for name in columns:
                 values[name][dst] = flat[name][src]
             known[take] = True
-        if not values:
-            values = _unknown(n_jets, columns)
+        if jets and not values:
+            values = _unknown(int(counts.sum()), columns)
         for path in stale:
             _remove(path)
-        return CachedChunk(known=known, values=values, entries=used, stale=stale)
-
-    @staticmethod
-    def _read_entry(
-        path: str,
-        file: FileIdentity,
-        model_sha256: str,
-        start: int,
-        stop: int,
-        columns: Sequence[str],
-        quantiles: Sequence[float],
-        lo: int,
-        hi: int,
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
-        """(state, jet counts, {column: flat values}) of entries ``[lo, hi)`` of one entry file; None if stale."""
-        import uproot
-
-        expected = {
-            "format": FORMAT_VERSION,
-            "file_uuid": file.uuid,
-            "file_size": file.size,
-            "entry_start": start,
-            "entry_stop": stop,
-            "model_sha256": model_sha256,
-            "columns": list(columns),
-            "quantiles": [float(q) for q in quantiles],
-        }
-        try:
-            with uproot.open(path) as f:
-                meta = json.loads(str(f[_META]))
-                if any(meta.get(k) != v for k, v in expected.items()):
-                    return None
-                events = f[_EVENTS]
-                if events.num_entries != stop - start:
-                    return None
-                ev = events.arrays(["dnnState", "nJet"], library="np")
-                n_all = ev["nJet"].astype(np.int64)
-                jets = f[_JETS]
-                if jets.num_entries != int(n_all.sum()):
-                    return None
-                j0, j1 = int(n_all[: lo - start].sum()), int(n_all[: hi - start].sum())
-                if j1 > j0:
-                    flat = jets.arrays(list(columns), entry_start=j0, entry_stop=j1, library="np")
-                else:
-                    flat = {c: np.zeros(0, dtype=np.float32) for c in columns}
-        except FileNotFoundError:
-            return None
-        except Exception:  # a damaged or foreign file at an entry's path: stale, computed again
-            return None
-        state = ev["dnnState"].astype(np.uint8)[lo - start : hi - start]
-        return state, n_all[lo - start : hi - start], dict(flat)
+        return CachedChunk(known=known, values=values, met_known=met_known, met=met, entries=used, stale=stale)
 
     # ------------------------------------------------------------------ writing
     def write(
@@ -356,6 +358,9 @@ class JetCache:
         file_path: str = "",
         model_path: str = "",
         quantiles: Sequence[float] = (),
+        met_known: np.ndarray | None = None,
+        met: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        met_settings: Mapping[str, float] | None = None,
     ) -> str:
         """Write (atomically) the entry of the chunk ``key``: the jets of its events.
 
@@ -368,6 +373,11 @@ class JetCache:
                 per jet of the chunk's events; outputs are NaN for jets not evaluated.
             file_path, model_path: Recorded for people reading the cache.
             quantiles: The model's quantile levels.
+            met_known: Per event of the chunk: its MET changes are given (every jet the MET can use evaluated).
+            met: Per variation, the ``(dx, dy)`` type-1 MET change per event of the chunk (used where
+                ``met_known``).
+            met_settings: The calibration's MET settings that ``met`` depends on (recorded; a reader with other
+                settings ignores ``met``).
 
         Returns:
             The entry's path.
@@ -388,6 +398,20 @@ class JetCache:
         state[events] = 1
         n_entry = np.zeros(n, dtype=np.int64)
         n_entry[events] = counts
+        per_event: dict[str, np.ndarray] = {"dnnState": state, "nJet": n_entry.astype(np.int32)}
+        met = dict(met or {})
+        if met and (met_known is None or met_settings is None):
+            raise ValueError("JetCache.write: met needs met_known and met_settings")
+        met_state = np.zeros(n, dtype=np.uint8)
+        if met:
+            known_rows = events[np.asarray(met_known, dtype=bool)]
+            met_state[known_rows] = 1
+            for v, pair in met.items():
+                for name, col in zip(met_columns(v), pair, strict=True):
+                    full = np.zeros(n, dtype=np.float64)
+                    full[known_rows] = np.asarray(col, dtype=np.float64)[np.asarray(met_known, dtype=bool)]
+                    per_event[name] = full
+        per_event["metState"] = met_state
         flat = {}
         for name in columns:
             v = np.asarray(values[name])
@@ -405,14 +429,16 @@ class JetCache:
             "model_file": os.path.basename(model_path),
             "columns": columns,
             "quantiles": [float(q) for q in quantiles],
+            "met_settings": {k: float(x) for k, x in (met_settings or {}).items()} if met else None,
+            "met_variations": sorted(met),
         }
         folder = self.folder(file, model_sha256)
         path = os.path.join(folder, f"{start}-{stop}.root")
         try:
             with atomic_path(path) as tmp, uproot.recreate(tmp, compression=None) as f:
                 f[_META] = json.dumps(meta, sort_keys=True)
-                tree = f.mktree(_EVENTS, {"dnnState": np.uint8, "nJet": np.int32})
-                tree.extend({"dnnState": state, "nJet": n_entry.astype(np.int32)})
+                tree = f.mktree(_EVENTS, {name: v.dtype for name, v in per_event.items()})
+                tree.extend(per_event)
                 jets = f.mktree(_JETS, {name: v.dtype for name, v in flat.items()})
                 # Baskets of at most _BASKET jets: a chunk of another size reads little beyond its range.
                 total = len(flat[columns[0]])
@@ -424,6 +450,81 @@ class JetCache:
                 f"{e.strerror or e}); free space or pass another cache_dir to JetCalibration"
             ) from None
         return path
+
+
+class _EntrySpec(NamedTuple):
+    """What an entry file must say of itself to be read: its key, range, columns and quantile levels."""
+
+    file: FileIdentity
+    model_sha256: str
+    start: int
+    stop: int
+    columns: Sequence[str]
+    quantiles: Sequence[float]
+
+
+def _read_entry(
+    path: str,
+    spec: _EntrySpec,
+    lo: int,
+    hi: int,
+    jets: bool,
+    met_settings: Mapping[str, float] | None,
+    met_variations: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]] | None:
+    """(state, jet counts, {column: flat jet values} if ``jets``, MET state, {variation: (dx, dy)} where the
+    entry's MET settings are ``met_settings``) of events ``[lo, hi)`` of one entry file; None if stale."""
+    import uproot
+
+    file, model_sha256, start, stop, columns, quantiles = spec
+    expected = {
+        "format": FORMAT_VERSION,
+        "file_uuid": file.uuid,
+        "file_size": file.size,
+        "entry_start": start,
+        "entry_stop": stop,
+        "model_sha256": model_sha256,
+        "columns": list(columns),
+        "quantiles": [float(q) for q in quantiles],
+    }
+    try:
+        f = uproot.open(path)
+    except (FileNotFoundError, OSError, ValueError):  # removed meanwhile, truncated, or not a ROOT file
+        return None
+    try:
+        with f:
+            meta = json.loads(str(f[_META]))
+            if any(meta.get(k) != v for k, v in expected.items()):
+                return None
+            events = f[_EVENTS]
+            if events.num_entries != stop - start:
+                return None
+            met_ok = (
+                met_settings is not None
+                and meta.get("met_settings") == {k: float(x) for k, x in met_settings.items()}
+                and set(met_variations) <= set(meta.get("met_variations") or ())
+            )
+            names = ["dnnState", "nJet", "metState"]
+            if met_ok:
+                names += [c for v in met_variations for c in met_columns(v)]
+            ev = events.arrays(names, entry_start=0, entry_stop=stop - start, library="np")
+            n_all = ev["nJet"].astype(np.int64)
+            flat: dict[str, np.ndarray] = {}
+            if jets:
+                tree = f[_JETS]
+                if tree.num_entries != int(n_all.sum()):
+                    return None
+                j0, j1 = int(n_all[: lo - start].sum()), int(n_all[: hi - start].sum())
+                if j1 > j0:
+                    flat = tree.arrays(list(columns), entry_start=j0, entry_stop=j1, library="np")
+                else:
+                    flat = {c: np.zeros(0, dtype=np.float32) for c in columns}
+    except (KeyError, OSError, ValueError, TypeError, uproot.deserialization.DeserializationError):
+        return None  # a damaged or foreign file at an entry's path: stale, computed again
+    window = slice(lo - start, hi - start)
+    met = {v: tuple(ev[c][window] for c in met_columns(v)) for v in met_variations} if met_ok else {}
+    met_state = ev["metState"][window] if met_ok else np.zeros(hi - lo, dtype=np.uint8)
+    return ev["dnnState"].astype(np.uint8)[window], n_all[window], dict(flat), met_state, met  # type: ignore[return-value]
 
 
 def _unknown(n_jets: int, columns: Sequence[str]) -> dict[str, np.ndarray]:

@@ -40,8 +40,9 @@ through NanoEvents' lazy (virtual) arrays only when some jet is evaluated, and o
 events are followed.
 
 With ``cache_dir`` (:mod:`wfit.processors.jetcache`) the model's outputs are kept per input file and model:
-the first pass over a chunk writes them, later passes read one jagged branch and neither the constituents nor
-the model are touched. Results are the same bits with or without the cache.
+the first pass over a chunk writes them with each event's type-1 MET change per variation, and later passes
+with the same MET settings read those (two numbers per event and variation): neither the constituents, the
+jets nor the model are touched. Results are the same bits with or without the cache.
 
 Example:
     >>> calib = JetCalibration("model.onnx", fallback_model="jet_level.onnx", cache_dir="jetcache")  # doctest: +SKIP

@@ -45,6 +45,7 @@ charge's. Only the constituent links of the wanted jets' events are followed (:c
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import awkward as ak
@@ -225,9 +226,13 @@ class ModelInputs:
         self.counts = counts
         self.offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.offsets[1:])
-        self.jet_event = np.repeat(np.arange(len(counts)), counts)
         self.n_jets = int(self.offsets[-1])
         self._columns: dict[tuple[str, str], np.ndarray] = {}
+
+    @functools.cached_property
+    def jet_event(self) -> np.ndarray:
+        """The event (index in the chunk) of each jet."""
+        return np.repeat(np.arange(len(self.counts)), self.counts)
 
     def _column(self, coll: str, field: str) -> np.ndarray:
         """Flat values of one constituent branch over the chunk (read once, shared by the types)."""

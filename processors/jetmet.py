@@ -129,8 +129,10 @@ class JetMET:
 
     The model runs once per jet, on the jets of the events in the masks passed to :meth:`met` (with raw pT of
     at least ``min_raw_pt``), the first time each event is needed; with a cache, what an earlier pass stored is
-    read instead (the jets' kinematics included: the input's jet branches other than ``nJet`` are then not
-    read), and what is computed here is stored. Jets are flat over the chunk, in event order.
+    read instead, and what is computed here is stored. A cached event's MET changes are read as they were
+    stored (per variation, two numbers per event), so that a warm pass reads neither the jets' columns nor the
+    input's jet branches other than ``nJet``; the jets' own values (:attr:`correction`, :meth:`pt`, ...) are
+    read from the cache when asked for. Jets are flat over the chunk, in event order.
 
     Attributes:
         counts: Jets per event.
@@ -143,6 +145,7 @@ class JetMET:
             model with a resolution head); NaN where not evaluated.
         model: Path of the model that ran (main or fallback).
         cached_jets, computed_jets: Jets whose outputs were read from the cache, and computed here.
+        cached_events: Events whose MET changes were read from the cache.
     """
 
     def __init__(
@@ -160,26 +163,52 @@ class JetMET:
         self._spec = spec
         self._events = events
         self._chunk = chunk
-        self._loaded = chunk is None
+        self._loaded = chunk is None  # the cache's jets read (or no cache)
+        self._met_loaded = chunk is None  # the cache's MET changes read (or no cache)
         self.model = calibrator.path
         self.counts = ak.to_numpy(ak.num(events.Jet, axis=1)).astype(np.int64)  # reads nJet only
         self._inputs = ModelInputs(events, spec, self.counts)
-        self.offsets, self.jet_event = self._inputs.offsets, self._inputs.jet_event
-        self.n_jets = n_jets = self._inputs.n_jets
+        self.offsets = self._inputs.offsets
+        self.n_jets = self._inputs.n_jets
         # The jets' kinematics as the input stores them (float32 in NanoAOD), from the cache or the input.
         self._kin: dict[str, np.ndarray] | None = None
         self._kin_known = np.zeros(len(self.counts), dtype=bool)
-        self.correction = np.full(n_jets, np.nan)
-        self.outputs: dict[str, np.ndarray] = {OUTPUT_NAME: np.full(n_jets, np.nan, dtype=np.float32)}
-        if spec.quantiles:
-            self.outputs[QUANTILES_NAME] = np.full((n_jets, len(spec.quantiles)), np.nan, dtype=np.float32)
+        # Per jet: the correction and the model's outputs (allocated when a jet is first evaluated or read: a
+        # pass served by the cache's MET changes needs none).
+        self._jet_values: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
         self.cached_jets = 0
         self.computed_jets = 0
+        self.cached_events = 0
         self._done = np.zeros(len(self.counts), dtype=bool)
+        # Per event: its MET changes are known per variation (read from the cache, or computed and stored here).
+        self._met_known = np.zeros(len(self.counts), dtype=bool)
+        self._met_cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         met_pt = np.asarray(met_pt, dtype=np.float64)
         self._met = (met_pt * np.cos(met_phi), met_pt * np.sin(met_phi))
         self._delta: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._derived: dict[str, np.ndarray] = {}
+
+    @property
+    def jet_event(self) -> np.ndarray:
+        """The event (index in the chunk) of each jet."""
+        return self._inputs.jet_event
+
+    def _allocate(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self._jet_values is None:
+            n, q = self.n_jets, self._spec.quantiles
+            outputs = {OUTPUT_NAME: np.full(n, np.nan, dtype=np.float32)}
+            if q:
+                outputs[QUANTILES_NAME] = np.full((n, len(q)), np.nan, dtype=np.float32)
+            self._jet_values = (np.full(n, np.nan), outputs)
+        return self._jet_values
+
+    @property
+    def _correction(self) -> np.ndarray:
+        return self._allocate()[0]
+
+    @property
+    def _outputs(self) -> dict[str, np.ndarray]:
+        return self._allocate()[1]
 
     # ------------------------------------------------------------------ kinematics
     def _kinematics(self, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -235,6 +264,77 @@ class JetMET:
         return self._derive()["phi"]
 
     # ------------------------------------------------------------------ evaluation
+    @property
+    def correction(self) -> np.ndarray:
+        """Predicted multiplicative correction of each jet's raw pT; NaN for jets not evaluated (yet, or at all:
+        below ``min_raw_pt``)."""
+        if not self._loaded:
+            self._load()
+        return self._correction
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The model's outputs per jet (``log_correction``; ``log_quantiles`` with one column per level for a model
+        with a resolution head); NaN where not evaluated."""
+        if not self._loaded:
+            self._load()
+        return self._outputs
+
+    def met_variations(self) -> list[str]:
+        """The variations of the MET that this chunk's calibration gives (:meth:`met_xy`)."""
+        return ["nominal", "up", "down", *(("resoUp", "resoDown") if self.has_resolution else ())]
+
+    def _met_settings(self) -> dict[str, float]:
+        """What the MET changes depend on besides the model's outputs (an entry's MET columns are used only by a
+        calibration with the same)."""
+        c = self._calibration
+        return {"met_jet_pt_min": c.met_jet_pt_min, "variation": c.variation, "min_raw_pt": c.min_raw_pt}
+
+    def _read_met(self, variations: list[str]) -> Any:
+        chunk = self._chunk
+        assert chunk is not None
+        return chunk.cache.read(
+            chunk.key,
+            chunk.rows,
+            self.counts,
+            self._spec.quantiles,
+            jets=False,
+            met_settings=self._met_settings(),
+            met_variations=variations,
+        )
+
+    def _load_met(self) -> None:
+        """Take which events the cache holds the MET changes of, and their nominal changes: those events are
+        done (the other variations' changes are read when first asked for, :meth:`_load_met_variation`)."""
+        self._met_loaded = True
+        cached = self._read_met(["nominal"])  # read with the event states: every pass fills the nominal
+        if cached.met_known.any():
+            self._met_known = cached.met_known
+            self._met_cached["nominal"] = cached.met["nominal"]
+            self._done |= cached.met_known
+            self.cached_events = int(cached.met_known.sum())
+
+    def _load_met_variation(self, variation: str) -> None:
+        """Read one variation's MET changes from the cache, with its other side (the processor fills both).
+        Events that the cache no longer holds (an entry replaced meanwhile by another worker's) are no longer
+        done: they are evaluated again when needed."""
+        pair = {"up": "down", "down": "up", "resoUp": "resoDown", "resoDown": "resoUp"}
+        wanted = [v for v in (variation, pair.get(variation)) if v is not None and v not in self._met_cached]
+        cached = self._read_met(wanted)
+        lost = self._met_known & ~cached.met_known
+        if lost.any():
+            self._met_known = self._met_known & ~lost
+            self._done &= ~lost
+            for dx, dy in self._met_cached.values():  # unknown again: exact zeros, as read() gives them
+                dx[lost] = 0.0
+                dy[lost] = 0.0
+        extra = cached.met_known & ~self._met_known  # added meanwhile by another worker: not taken here
+        for v, (dx, dy) in cached.met.items():
+            if extra.any():
+                dx[extra] = 0.0
+                dy[extra] = 0.0
+            self._met_cached[v] = (dx, dy)
+
     def _load(self) -> None:
         """Take what the cache holds for this chunk: the kinematics of the events it knows, and the outputs of
         their jets (those below ``min_raw_pt`` are never used, as in a pass without the cache)."""
@@ -252,17 +352,38 @@ class JetMET:
         log_corr = cached.values[columns[0]]
         raw = self._derive()["raw_pt"]
         with np.errstate(invalid="ignore"):
-            ok = (raw >= self._calibration.min_raw_pt) & ~np.isnan(log_corr)
+            ok = (raw >= self._calibration.min_raw_pt) & ~np.isnan(log_corr) & np.isnan(self._outputs[OUTPUT_NAME])
         if not ok.any():
             return
-        self.outputs[OUTPUT_NAME][ok] = log_corr[ok]
+        self._outputs[OUTPUT_NAME][ok] = log_corr[ok]
         for i, name in enumerate(columns[1:]):
-            self.outputs[QUANTILES_NAME][ok, i] = cached.values[name][ok]
-        self.correction[ok] = np.exp(log_corr[ok].astype(np.float64))
+            self._outputs[QUANTILES_NAME][ok, i] = cached.values[name][ok]
+        self._correction[ok] = np.exp(log_corr[ok].astype(np.float64))
         self.cached_jets = int(ok.sum())
 
+    def _jet_delta(self, events: np.ndarray, variation: str) -> tuple[np.ndarray, np.ndarray]:
+        """The type-1 MET change ``sum_j (pT'_j - Jet_pt_j) (cos phi_j, sin phi_j)`` of the (evaluated) events in
+        the mask ``events``, per event of the chunk (exact zeros for the others); one definition for
+        :meth:`met_xy` and the cache, so that a cached change is the same bits as one computed here."""
+        k = self._kinematics_for(events)
+        if "corrected" not in k or len(k["corrected"]) != self.n_jets:
+            k["corrected"] = k["raw_pt"] * self._correction
+        on = slice(None) if events.all() else np.repeat(events, self.counts)
+        factor = self._factor(variation)  # after ensure: the outputs of the new jets are known
+        pt_new = k["corrected"][on] * (factor[on] if isinstance(factor, np.ndarray) else factor)
+        # type1_met's sums (jets below the threshold, or not evaluated, add exact zeros), with the chunk's
+        # cosines and sines computed once for every variation.
+        d = np.where(pt_new > self._calibration.met_jet_pt_min, pt_new - k["nano_pt"][on], 0.0)
+        n = len(self.counts)
+        ev = self.jet_event[on]
+        return (
+            np.bincount(ev, weights=d * k["cos"][on], minlength=n),
+            np.bincount(ev, weights=d * k["sin"][on], minlength=n),
+        )
+
     def _store(self) -> None:
-        """Write this chunk's entry: every event whose jets are known, with every output known."""
+        """Write this chunk's entry: every event whose jets are known, with every output known, and the MET
+        changes of every evaluated event."""
         chunk = self._chunk
         assert chunk is not None
         known = self._kin_known
@@ -272,9 +393,23 @@ class JetMET:
         quantiles = self._spec.quantiles
         columns = output_columns(quantiles)
         values = {name: self._kin[name][on] for name in KINEMATICS}
-        values[columns[0]] = self.outputs[OUTPUT_NAME][on]
+        values[columns[0]] = self._outputs[OUTPUT_NAME][on]
         for i, name in enumerate(columns[1:]):
-            values[name] = self.outputs[QUANTILES_NAME][on, i]
+            values[name] = self._outputs[QUANTILES_NAME][on, i]
+        # Events read from the cache's MET columns alone have no jets here: they stay in the older entry's range
+        # only if their jets are known; their MET changes are taken as read.
+        evaluated = self._done & known
+        met = {}
+        for v in self.met_variations():
+            if v not in self._met_cached and self._met_known.any():
+                self._load_met_variation(v)  # the cached events' changes, kept as they were read
+            dx, dy = self._jet_delta(evaluated & ~self._met_known, v)
+            if v in self._met_cached:
+                cx, cy = self._met_cached[v]
+                dx, dy = np.where(self._met_known, cx, dx), np.where(self._met_known, cy, dy)
+            met[v] = (dx, dy)
+        met_known = evaluated | (self._met_known & known)
+        self._met_known, self._met_cached = met_known.copy(), met
         chunk.cache.write(
             chunk.key,
             chunk.rows[known],
@@ -283,17 +418,23 @@ class JetMET:
             file_path=chunk.path,
             model_path=self.model,
             quantiles=quantiles,
+            met_known=met_known[known],
+            met={v: (dx[known], dy[known]) for v, (dx, dy) in met.items()},
+            met_settings=self._met_settings(),
         )
 
     def ensure(self, mask: np.ndarray) -> bool:
         """Evaluate the jets of the events in ``mask`` that were not evaluated yet (read from the cache where it
         holds them, computed and stored otherwise); whether the model ran."""
+        if not self._met_loaded:
+            self._load_met()
         todo = np.asarray(mask, dtype=bool) & ~self._done
         if not todo.any():
             return False
         raw = self._kinematics_for(todo)["raw_pt"]
+        outputs = self.outputs  # the cache's jets, read now that some event needs them
         jets = np.flatnonzero(
-            np.repeat(todo, self.counts) & (raw >= self._calibration.min_raw_pt) & np.isnan(self.outputs[OUTPUT_NAME])
+            np.repeat(todo, self.counts) & (raw >= self._calibration.min_raw_pt) & np.isnan(outputs[OUTPUT_NAME])
         )
         ran = bool(len(jets))
         if ran:
@@ -304,14 +445,14 @@ class JetMET:
                 where = f"entries [{md.get('entrystart')}, {md.get('entrystop')})" if "entrystart" in md else "a chunk"
                 raise ValueError(f"file {md.get('filename', '?')!r}, {where}: {err}") from None
             for name, values in out.items():
-                self.outputs[name][jets] = values
-            self.correction[jets] = np.exp(out[OUTPUT_NAME].astype(np.float64))
+                self._outputs[name][jets] = values
+            self._correction[jets] = np.exp(out[OUTPUT_NAME].astype(np.float64))
             for key in ("corrected", "factor_resoUp", "factor_resoDown"):
                 self._derived.pop(key, None)
             self.computed_jets += len(jets)
-            if self._chunk is not None:
-                self._store()
         self._done |= todo
+        if ran and self._chunk is not None:
+            self._store()
         return ran
 
     @property
@@ -362,32 +503,37 @@ class JetMET:
     def met_xy(self, mask: np.ndarray, variation: str = "nominal") -> tuple[np.ndarray, np.ndarray]:
         """Type-1 corrected MET components of the events in ``mask`` (length ``mask.sum()``), GeV.
 
-        The jets' MET change of an event is computed once per variation and reused: the selections of the
-        other systematic variations mostly ask for the same events again.
+        The jets' MET change of an event is computed (or read from the cache) once per variation and reused: the
+        selections of the other systematic variations mostly ask for the same events again.
         """
         mask = np.asarray(mask, dtype=bool)
         self._check_variation(variation)  # an unknown variation is an error before any work
         if variation not in self._delta:
-            n = len(self.counts)
-            self._delta[variation] = (self._met[0].copy(), self._met[1].copy(), np.zeros(n, dtype=bool))
+            if not self._met_loaded:
+                self._load_met()
+            if variation not in self._met_cached and self._met_known.any():
+                self._load_met_variation(variation)
+            if variation in self._met_cached:  # read from the cache, or computed when the entry was written
+                dx, dy = self._met_cached[variation]  # exact zeros where not known
+                self._delta[variation] = (self._met[0] - dx, self._met[1] - dy, self._met_known.copy())
+            else:
+                n = len(self.counts)
+                self._delta[variation] = (self._met[0].copy(), self._met[1].copy(), np.zeros(n, dtype=bool))
         mx, my, done = self._delta[variation]
-        if (mask & ~done).any():
+        if np.any(mask > done):  # some event of the mask is not done
             self.ensure(mask)
+            if variation in self._met_cached:  # events computed since, or read again after an entry changed
+                k = self._met_known & ~done
+                dx, dy = self._met_cached[variation]
+                np.subtract(mx, dx, out=mx, where=k)
+                np.subtract(my, dy, out=my, where=k)
+                done |= k
             todo = self._done & ~done  # every evaluated event at once: later masks mostly ask for the same
-            k = self._kinematics_for(todo)
-            if "corrected" not in k or len(k["corrected"]) != self.n_jets:
-                k["corrected"] = k["raw_pt"] * self.correction
-            on = slice(None) if todo.all() else np.repeat(todo, self.counts)
-            factor = self._factor(variation)  # after ensure: the outputs of the new jets are known
-            pt_new = k["corrected"][on] * (factor[on] if isinstance(factor, np.ndarray) else factor)
-            # type1_met's sums (jets below the threshold, or not evaluated, add exact zeros), with the chunk's
-            # cosines and sines computed once for every variation.
-            d = np.where(pt_new > self._calibration.met_jet_pt_min, pt_new - k["nano_pt"][on], 0.0)
-            n = len(self.counts)
-            ev = self.jet_event[on]
-            mx -= np.bincount(ev, weights=d * k["cos"][on], minlength=n)  # zero for the other events
-            my -= np.bincount(ev, weights=d * k["sin"][on], minlength=n)
-            done |= todo
+            if todo.any():
+                dx, dy = self._jet_delta(todo, variation)
+                mx -= dx  # zero for the other events
+                my -= dy
+                done |= todo
         return mx[mask], my[mask]
 
     def met(self, mask: np.ndarray, variation: str = "nominal") -> tuple[np.ndarray, np.ndarray]:

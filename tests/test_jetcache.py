@@ -166,6 +166,99 @@ def test_a_range_that_no_entry_covers_is_computed(
                                                               "3000-4000.root"]  # fmt: skip
 
 
+def test_warm_pass_takes_the_stored_met_changes_and_other_settings_the_jets(
+    models: dict[str, str], toy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warm pass with the writer's MET settings is served by the entry's per-event MET columns (no jet column
+    read); a calibration with another MET threshold or variation size ignores those columns, rebuilds the MET
+    from the cached jets (the model does not run) and equals a pass without the cache with its own settings. A
+    pass that needs more events than the first one (all systematics after the nominal alone) computes only
+    those and equals a pass without the cache."""
+    counter = _Counter(monkeypatch)
+    cache = tmp_path / "cache"
+    calib = JetCalibration(models["v1"], cache_dir=cache)
+    _run(toy, calib)
+    (entry,) = _entries(cache)
+    events = uproot.open(entry)["JetCorrectionEvents"]
+    assert {"metState", "metDx_nominal", "metDy_up", "metDx_down"} <= set(events.keys())
+    assert events["metState"].array(library="np").sum() > 1000
+
+    read: list[bool] = []
+    original = JetCache.read
+
+    def logged(self: JetCache, *args: Any, jets: bool = True, **kw: Any) -> Any:
+        read.append(jets)
+        return original(self, *args, jets=jets, **kw)
+
+    monkeypatch.setattr(JetCache, "read", logged)
+    counter.jets = 0
+    warm = _run(toy, calib)
+    assert counter.jets == 0 and read and not any(read)  # per-event columns only
+    _assert_identical(warm, _run(toy, JetCalibration(models["v1"])))
+
+    for settings in ({"met_jet_pt_min": 25.0}, {"variation": 0.05}):
+        read.clear()
+        counter.jets = 0
+        other = _run(toy, JetCalibration(models["v1"], cache_dir=cache, **settings))  # type: ignore[arg-type]
+        assert counter.jets == 0 and any(read), settings  # the jets' columns serve, the model does not run
+        _assert_identical(other, _run(toy, JetCalibration(models["v1"], **settings)))  # type: ignore[arg-type]
+
+    fresh = tmp_path / "fresh"
+    nominal = WTemplateProcessor(TemplateConfig(variations=False), jet_calibration=JetCalibration(models["v1"],
+                                                                                                  cache_dir=fresh))
+    run_templates({"W": [toy]}, nominal, chunksize=100_000)
+    counter.jets = 0
+    full_cfg = TemplateConfig(qcd_scale=False, pdf=False)  # with the muon momentum re-selections
+    warm = run_templates({"W": [toy]}, WTemplateProcessor(full_cfg, jet_calibration=JetCalibration(
+        models["v1"], cache_dir=fresh)), chunksize=100_000).output["W"]  # fmt: skip
+    assert 0 < counter.jets < 400  # the events that only a momentum re-selection selects
+    reference = run_templates({"W": [toy]}, WTemplateProcessor(full_cfg, jet_calibration=JetCalibration(
+        models["v1"])), chunksize=100_000).output["W"]  # fmt: skip
+    _assert_identical(warm, reference)
+
+
+def test_met_changes_of_an_entry_replaced_during_a_chunk_are_recomputed(models: dict[str, str], toy: str,
+                                                                        tmp_path: Path) -> None:
+    """Another worker replaces the entry between the reads of two variations with one that holds fewer events:
+    the events no longer held are evaluated again, and every variation's MET equals a pass without the cache,
+    bit for bit."""
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    n = uproot.open(toy)["Events"].num_entries
+    metadata = {"dataset": "W", "filename": toy, "entrystart": 0, "entrystop": n, "fileuuid": file_identity(toy).uuid}
+
+    def events() -> Any:
+        return NanoEventsFactory.from_root({toy: "Events"}, schemaclass=NanoAODSchema, mode="virtual",
+                                           metadata=dict(metadata)).events()  # fmt: skip
+
+    cache_dir = tmp_path / "cache"
+    calib = JetCalibration(models["v1"], cache_dir=cache_dir)
+    ev = events()
+    met_pt, met_phi = np.asarray(ev.MET.pt, dtype=np.float64), np.asarray(ev.MET.phi, dtype=np.float64)
+    everything = np.ones(n, dtype=bool)
+    assert calib.evaluate(ev, met_pt, met_phi).ensure(everything)  # every event's jets, stored
+    jm = calib.evaluate(events(), met_pt, met_phi)
+    assert not jm.ensure(everything)  # the nominal changes and which events are held: read, nothing computed
+    assert jm.cached_events == n
+
+    # The replacement: the jets and MET changes of the first half of the events only.
+    cache, key = JetCache(cache_dir), EntryKey(file_identity(toy), calib.model.sha256, 0, n)
+    settings = {"met_jet_pt_min": calib.met_jet_pt_min, "variation": calib.variation, "min_raw_pt": calib.min_raw_pt}
+    got = cache.read(key, np.arange(n), jm.counts, met_settings=settings, met_variations=["nominal", "up", "down"])
+    h, n_jets = n // 2, int(jm.counts[: n // 2].sum())
+    cache.write(key, np.arange(h), jm.counts[:h], {c: v[:n_jets] for c, v in got.values.items()},
+                met_known=got.met_known[:h], met={v: (x[:h], y[:h]) for v, (x, y) in got.met.items()},
+                met_settings=settings)  # fmt: skip
+
+    fresh = JetCalibration(models["v1"]).evaluate(events(), met_pt, met_phi)
+    for variation in ("up", "down", "nominal"):
+        want = fresh.met_xy(everything, variation)
+        have = jm.met_xy(everything, variation)
+        np.testing.assert_array_equal(have[0], want[0], err_msg=variation)
+        np.testing.assert_array_equal(have[1], want[1], err_msg=variation)
+    assert 0 < jm.computed_jets <= int(jm.counts[h:].sum())  # only the events no longer held
+
+
 def test_resolution_head_outputs_are_cached(
     models: dict[str, str], toy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
