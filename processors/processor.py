@@ -246,7 +246,9 @@ class WTemplateProcessor(processor.ProcessorABC):
         # Selections: nominal, and re-selected with each varied muon kinematics (their fills come last).
         muons, electrons = read_leptons(events, cfg)
         met_pt, met_phi = read_met(events)
-        sel = select_events(muons, electrons, met_pt, met_phi, cfg)
+        # With a jet calibration, mT comes from the type-1 corrected MET (below), not from the stored one.
+        stored = (met_pt, met_phi) if self.jet_calibration is None else (None, None)
+        sel = select_events(muons, electrons, *stored, cfg)
         kinematic = self._kinematic_selections(events, muons, electrons, met_pt, met_phi, kind)
         needed = sel.mask.copy()  # the events that some selection fills
         for _, vsel, _ in kinematic:
@@ -331,7 +333,12 @@ class WTemplateProcessor(processor.ProcessorABC):
         cfg = self.config
         if cfg.curvature is None or not cfg.variations or kind == "data":
             return []
-        variations = curvature_variations(muons, met_pt, met_phi, cfg.curvature, cfg.seed, lambda: event_ids(events))
+        # With a jet calibration, each re-selection's mT comes from the jets' MET plus the muons' change
+        # (_kinematic_fills): the muon-varied MET alone is not computed.
+        variations = curvature_variations(
+            muons, met_pt, met_phi, cfg.curvature, cfg.seed, lambda: event_ids(events),
+            varied_met=self.jet_calibration is None,
+        )  # fmt: skip
         return [
             (name, select_events(vmuons, electrons, vmet_pt, vmet_phi, cfg), muon_dmet)
             for name, vmuons, vmet_pt, vmet_phi, muon_dmet in variations

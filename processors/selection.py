@@ -130,8 +130,8 @@ def _per_event(leptons: Leptons, flags: np.ndarray) -> np.ndarray:
 def select_events(
     muons: Leptons,
     electrons: Leptons,
-    met_pt: np.ndarray,
-    met_phi: np.ndarray,
+    met_pt: np.ndarray | None,
+    met_phi: np.ndarray | None,
     config: TemplateConfig,
 ) -> Selection:
     """Select W -> l nu candidate events.
@@ -139,8 +139,9 @@ def select_events(
     Args:
         muons: Muon collection.
         electrons: Electron collection.
-        met_pt: MET per event, GeV.
-        met_phi: MET azimuth per event.
+        met_pt: MET per event, GeV; None where another MET will be given (:meth:`Selection.with_met`, e.g.
+            the type-1 corrected one): no mT is computed (``mt`` is empty) and none of the selection depends on it.
+        met_phi: MET azimuth per event (None with ``met_pt``).
         config: Cuts; ``config.channel`` picks the candidate collection.
 
     Returns:
@@ -195,7 +196,10 @@ def select_events(
     index = cand_idx[mask[lep.event_index[cand_idx]]] if cand_idx.size else cand_idx
     pt = lep.pt[index]
     phi = lep.phi[index]
-    mt = transverse_mass(pt, phi, met_pt[mask], met_phi[mask])
+    if met_pt is None or met_phi is None:
+        mt = np.full(len(pt), np.nan)
+    else:
+        mt = transverse_mass(pt, phi, met_pt[mask], met_phi[mask])
     return Selection(
         mask=mask,
         index=index,

@@ -388,7 +388,8 @@ def curvature_variations(
     curvature: CurvatureVariation,
     seed: int,
     event_ids: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]],
-) -> Iterator[tuple[str, Leptons, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]]:
+    varied_met: bool = True,
+) -> Iterator[tuple[str, Leptons, np.ndarray | None, np.ndarray | None, tuple[np.ndarray, np.ndarray]]]:
     """The muon momentum scale and resolution variations, one |eta| region at a time.
 
     Args:
@@ -397,6 +398,8 @@ def curvature_variations(
         curvature: The :class:`~wfit.processors.config.CurvatureVariation`.
         seed: Seed of the resolution smearing.
         event_ids: Returns (run, luminosityBlock, event) per event; called once, only for a smearing.
+        varied_met: Give the varied MET's pT and phi; False gives None for both (a caller that adds another
+            change, such as the jet calibration's, to ``(dx, dy)`` and computes its own).
 
     Yields:
         ``(histogram name, varied muons, MET pt, MET phi, (dx, dy))``: the MET (GeV) balances the change of
@@ -404,17 +407,20 @@ def curvature_variations(
     """
     abseta = np.abs(muons.eta)
     evt = muons.event_index
-    metx, mety = met_pt * np.cos(met_phi), met_pt * np.sin(met_phi)
+    if varied_met:
+        metx, mety = met_pt * np.cos(met_phi), met_pt * np.sin(met_phi)
     cosphi, sinphi = np.cos(muons.phi), np.sin(muons.phi)
     n = len(muons.counts)
     normal = None
     scale_var, resolution_var = SYSTEMATICS["muonScale_eta{index}"], SYSTEMATICS["muonResolution_eta{index}"]
 
-    def with_met(pt: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def with_met(pt: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
         # The MET balances the change of the muon transverse momenta.
         d = pt - muons.pt
         dx = np.bincount(evt, weights=d * cosphi, minlength=n)
         dy = np.bincount(evt, weights=d * sinphi, minlength=n)
+        if not varied_met:
+            return None, None, (-dx, -dy)
         mx, my = metx - dx, mety - dy
         return np.hypot(mx, my), np.arctan2(my, mx), (-dx, -dy)
 
