@@ -10,17 +10,17 @@ below the tolerance at a positive-definite Hessian.
 Lower bounds (used for non-negative POIs) are kept by projection: a parameter at its bound whose
 gradient pushes it further out is held fixed for that iteration.
 
-On large models the exact Hessian is the cost: its term with the yields' second derivatives grows as
-bins x processes x nuisances^2 (on a dense model of the CMS W-helicity fit's size, 3320 bins, 78 processes
-and 1354 nuisances, one Hessian is 3.5e11 flops, about 50 times the gradient's time). Given a cheaper positive
-semi-definite model of the curvature (``approx``: the Gauss-Newton/Fisher matrix, whose cost grows with bins,
-not bins x processes), the iterations use it, later corrected by one exact Hessian (:class:`_Curvature`), until
-its EDM falls below the tolerance; the exact Hessian is then computed there and the same stopping rule applied
-to it, with exact Newton iterations from there if it is not met. So the minimum and the curvature returned (and the covariance made from it) are those of the exact
-method. Far from the minimum the Gauss-Newton matrix is also the better model: the exact Hessian of a
-log-normal model is indefinite wherever the prediction exceeds the data, and the trust region then creeps
-along directions of negative curvature. Trial points are judged on the NLL alone (``fun``) where that is
-cheaper than the derivatives, so a rejected step costs one NLL evaluation.
+On large models the exact Hessian is the cost: its term with the yields' second derivatives grows as bins x
+processes x nuisances^2 (on a dense model of the CMS W-helicity fit's size, 3320 bins, 78 processes and 1354
+nuisances, one Hessian is 3.5e11 flops, about 50 times the gradient's time). Given a cheaper positive semi-definite
+model of the curvature (``approx``: the Gauss-Newton/Fisher matrix, whose cost grows with bins, not bins x
+processes), the iterations use it, later corrected by one exact Hessian (:class:`_Curvature`), until its EDM falls
+below the tolerance; the exact Hessian is then computed there and the same stopping rule applied to it, with exact
+Newton iterations from there if it is not met. So the minimum and the curvature returned (and the covariance made
+from it) are those of the exact method. Far from the minimum the Gauss-Newton matrix is also the better model: the
+exact Hessian of a log-normal model is indefinite wherever the prediction exceeds the data, and the trust region
+then creeps along directions of negative curvature. Trial points are judged on the NLL alone (``fun``) where that
+is cheaper than the derivatives, so a rejected step costs one NLL evaluation.
 """
 
 from __future__ import annotations

@@ -110,8 +110,8 @@ def test_minimize_counts_exact_hessians_and_checks_with_them(ws):
 
     x0 = ll.x0.copy()
     x0[ll.npoi :] = 1.5  # every nuisance 1.5 sigma off
-    res = minimize(counted("exact", ll.nll_grad_hess), x0, tol=1e-10, approx=counted("approx", ll.nll_grad_gauss_newton),
-                   fun=counted("nll", ll.nll))
+    res = minimize(counted("exact", ll.nll_grad_hess), x0, tol=1e-10,
+                   approx=counted("approx", ll.nll_grad_gauss_newton), fun=counted("nll", ll.nll))
     ref = minimize(ll.nll_grad_hess, x0, tol=1e-10)
     assert res.status == ref.status == FitStatus.CONVERGED
     assert 1 <= calls["exact"] <= 4 < calls["approx"]
