@@ -21,6 +21,7 @@ from .jetcache import JetCacheError, build_jet_cache
 from .jetcorr import FEATURE_SOURCES, JetCalibration, JetMET, type1_met
 from .moments import AngularCoefficientsProcessor
 from .processor import WTemplateProcessor
+from .refill import columns_config, hard_templates
 from .runner import ChunkFailure, IncompleteRunError, RobustRun, run_templates
 from .selection import Leptons, Selection, select_events, transverse_mass
 from .systematics import SYSTEMATICS, UnknownVariationError
@@ -49,12 +50,14 @@ __all__ = [
     "UnknownVariationError",
     "WTemplateProcessor",
     "collins_soper_costheta",
+    "columns_config",
     "build_jet_cache",
     "build_workspace",
     "default_corrections_path",
     "fake_estimate",
     "gen_w_from_events",
     "generate_events",
+    "hard_templates",
     "helicity_fractions",
     "load_corrections",
     "local_cluster",

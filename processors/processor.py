@@ -61,12 +61,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import awkward as ak
 import hist
 import numpy as np
 from coffea import processor
+
+from wfit.columns import ColumnChunks
 
 from .accumulator import Accumulator
 from .config import TemplateConfig
@@ -85,6 +87,63 @@ Kind = Literal["data", "mc", "signal"]
 _Fill = tuple[str, dict[str, np.ndarray], np.ndarray]
 
 
+def _axes(config: TemplateConfig) -> tuple[Any, Any, Any]:
+    eta = hist.axis.Regular(*config.eta_bins, name="eta", label="lepton eta")
+    pt = hist.axis.Regular(*config.pt_bins, name="pt", label="lepton pT [GeV]")
+    charge = hist.axis.IntCategory([-1, 1], name="charge", label="lepton charge", overflow=False)
+    return eta, pt, charge
+
+
+def _component_axis(config: TemplateConfig, signal: bool) -> Any:
+    n = config.n_components + 1 if signal else 1
+    return hist.axis.Integer(0, n, name="component", label="process component", flow=False)
+
+
+def syst_histogram(config: TemplateConfig, signal: bool, names: list[str]) -> hist.Hist:
+    """The empty ``templates_syst`` histogram, axes ``(syst, component, charge, eta, pt)``, with these variations
+    (``signal``: one component per W charge x |y_W| x helicity, and the unmatched one)."""
+    eta, pt, charge = _axes(config)
+    return hist.Hist(
+        hist.axis.StrCategory(names, growth=True, name="syst", label="systematic variation"),
+        _component_axis(config, signal),
+        charge,
+        eta,
+        pt,
+        storage=hist.storage.Weight(),
+    )
+
+
+class _Rows(NamedTuple):
+    """The fill entries of one selection: entry ``i`` is selected event ``rep[i]`` in component ``comp[i]``
+    with weight ``w[rep[i]] * fac[i]`` (``w`` per selected event)."""
+
+    sel: Selection
+    rep: np.ndarray
+    comp: np.ndarray
+    fac: np.ndarray
+    w: np.ndarray
+
+    def table(
+        self, ratios: Mapping[str, np.ndarray] | None = None, mt: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, Any]:
+        """The entries as columns (:data:`wfit.columns.TABLE_COLUMNS`), with per-entry weight ratios and mT
+        variations (given per selected event)."""
+        sel, rep = self.sel, self.rep
+        out: dict[str, Any] = {
+            "pt": sel.pt[rep],
+            "eta": sel.eta[rep],
+            "charge": sel.charge[rep],
+            "mt": sel.mt[rep],
+            "iso": sel.iso[rep],
+            "component": self.comp,
+            "fac": self.fac,
+            "w": self.w[rep],
+        }
+        out["ratios"] = {name: r[rep] for name, r in (ratios or {}).items()}
+        out["mt_variations"] = {name: m[rep] for name, m in (mt or {}).items()}
+        return out
+
+
 class WTemplateProcessor(processor.ProcessorABC):
     """Fill W lepton (eta, pT, charge) templates with weight and kinematic systematics.
 
@@ -100,6 +159,10 @@ class WTemplateProcessor(processor.ProcessorABC):
             factor and pileup variations are then recorded as skipped).
         jet_calibration: A DNN jet calibration to apply (checked when it is constructed), or None to keep
             NanoAOD's jets and MET.
+        event_columns: Also output, per dataset, the fill entries of every selected event before the
+            signal-region cut (``columns``, a :class:`wfit.columns.ColumnChunks`; written to a file by
+            :func:`wfit.columns.write_columns`): what the cuts act on and the templates are filled from, for
+            differentiable cuts (:mod:`wfit.fitter.cutopt`). The other outputs are unchanged.
     """
 
     def __init__(
@@ -110,7 +173,9 @@ class WTemplateProcessor(processor.ProcessorABC):
         coefficients: AngularCoefficients | None = None,
         corrections: str | os.PathLike[str] | None = "example",
         jet_calibration: JetCalibration | None = None,
+        event_columns: bool = False,
     ) -> None:
+        self.event_columns = bool(event_columns)
         if jet_calibration is not None and not isinstance(jet_calibration, JetCalibration):
             raise TypeError(
                 "WTemplateProcessor(jet_calibration=...) takes a wfit.processors.JetCalibration, got "
@@ -169,26 +234,13 @@ class WTemplateProcessor(processor.ProcessorABC):
 
     # ------------------------------------------------------------------ histograms
     def _axes(self) -> tuple[Any, Any, Any]:
-        cfg = self.config
-        eta = hist.axis.Regular(*cfg.eta_bins, name="eta", label="lepton eta")
-        pt = hist.axis.Regular(*cfg.pt_bins, name="pt", label="lepton pT [GeV]")
-        charge = hist.axis.IntCategory([-1, 1], name="charge", label="lepton charge", overflow=False)
-        return eta, pt, charge
+        return _axes(self.config)
 
     def _component_axis(self, signal: bool) -> Any:
-        n = self.config.n_components + 1 if signal else 1
-        return hist.axis.Integer(0, n, name="component", label="process component", flow=False)
+        return _component_axis(self.config, signal)
 
     def _syst_hist(self, signal: bool, names: list[str]) -> hist.Hist:
-        eta, pt, charge = self._axes()
-        return hist.Hist(
-            hist.axis.StrCategory(names, growth=True, name="syst", label="systematic variation"),
-            self._component_axis(signal),
-            charge,
-            eta,
-            pt,
-            storage=hist.storage.Weight(),
-        )
+        return syst_histogram(self.config, signal, names)
 
     def empty_output(self, dataset: str, kind: Kind) -> Accumulator:
         """The output of a chunk without events (the identity of the accumulation)."""
@@ -281,17 +333,35 @@ class WTemplateProcessor(processor.ProcessorABC):
         r_sr, c_sr, f_sr = rep[in_sr], comp[in_sr], fac[in_sr]
         coords = dict(component=c_sr, charge=sel.charge[r_sr], eta=sel.eta[r_sr], pt=sel.pt[r_sr])
         fills: list[_Fill] = [(NOMINAL, coords, w_sel[r_sr] * f_sr)]
+        # Per selected event, the ratio of each weight variation's weight to the nominal one.
+        ratios: dict[str, np.ndarray] = {}
+        jet_sels: list[tuple[str, Selection]] = []
+        kin_rows: list[tuple[str, _Rows]] = []
         if is_mc and cfg.variations:
-            for name, ratio in lep_vars.items():
-                fills.append((name, coords, (w_sel * ratio)[r_sr] * f_sr))
-            for name, ratio in evt_vars.items():
-                fills.append((name, coords, (w_sel * ratio[sel.mask])[r_sr] * f_sr))
-            for name, ratio in lhe_variations(events, sel.mask, cfg, skip).items():
+            ratios.update(lep_vars)
+            ratios.update((name, ratio[sel.mask]) for name, ratio in evt_vars.items())
+            ratios.update(lhe_variations(events, sel.mask, cfg, skip))
+            for name, ratio in ratios.items():
                 fills.append((name, coords, (w_sel * ratio)[r_sr] * f_sr))
             if jets is not None:
-                fills += self._jet_fills(sel, jets, w_sel, rep, comp, fac)
-            fills += self._kinematic_fills(kinematic, jets, evt_w, split)
+                jet_sels = self._jet_selections(sel, jets)
+                fills += self._jet_fills(sel, jet_sels, w_sel, rep, comp, fac)
+            kin_rows = self._kinematic_rows(kinematic, jets, evt_w, split)
+            fills += self._kinematic_fills(kin_rows)
         res["templates_syst"] = self._fill_syst(kind, fills)
+        if self.event_columns:
+            kept = {f[0] for f in fills if f[0] != NOMINAL and SYSTEMATICS.resolve(f[0]).systematic.filled_for(kind)}
+            nominal = _Rows(sel, rep, comp, fac, w_sel)
+            res["columns"] = ColumnChunks.from_chunk(
+                events.metadata,
+                {
+                    NOMINAL: nominal.table(
+                        ratios={n: r for n, r in ratios.items() if n in kept},
+                        mt={n: j.mt for n, j in jet_sels if n in kept},
+                    ),
+                    **{n: rows.table() for n, rows in kin_rows if n in kept},
+                },
+            )
         return out
 
     def _kind(self, dataset: str, fname: str, is_mc: bool) -> Kind:
@@ -334,7 +404,7 @@ class WTemplateProcessor(processor.ProcessorABC):
         if cfg.curvature is None or not cfg.variations or kind == "data":
             return []
         # With a jet calibration, each re-selection's mT comes from the jets' MET plus the muons' change
-        # (_kinematic_fills): the muon-varied MET alone is not computed.
+        # (_kinematic_rows): the muon-varied MET alone is not computed.
         variations = curvature_variations(
             muons, met_pt, met_phi, cfg.curvature, cfg.seed, lambda: event_ids(events),
             varied_met=self.jet_calibration is None,
@@ -388,44 +458,62 @@ class WTemplateProcessor(processor.ProcessorABC):
         res["cutflow"]["signal_region"] = int(sr.sum())
         res["cutflow_sumw"]["signal_region"] = float(sign[sel.mask][sr].sum())
 
-    def _jet_fills(
-        self, sel: Selection, jets: JetMET, w_sel: np.ndarray, rep: np.ndarray, comp: np.ndarray, fac: np.ndarray
-    ) -> list[_Fill]:
-        """The jet calibration's variations: the same events and lepton, another MET, hence mT and
-        signal-region membership."""
-        fills: list[_Fill] = []
+    def _jet_selections(self, sel: Selection, jets: JetMET) -> list[tuple[str, Selection]]:
+        """(histogram, selection) per jet-calibration variation: the same events and lepton, another MET, hence
+        mT and signal-region membership."""
+        out: list[tuple[str, Selection]] = []
         variations = [(SYSTEMATICS["jetCalib"], str.lower)]
         if jets.has_resolution:  # the model's resolution head: each jet at a bound of its predicted interval
             variations.append((SYSTEMATICS["jetReso"], lambda shift: f"reso{shift}"))
         for jet_syst, variation in variations:
             for shift in jet_syst.shifts:
-                jsel = sel.with_met(*jets.met_xy(sel.mask, variation(shift)))
-                keep = jsel.in_signal_region(self.config)[rep]
-                r2 = rep[keep]
-                jcoords = dict(component=comp[keep], charge=sel.charge[r2], eta=sel.eta[r2], pt=sel.pt[r2])
-                fills.append((jet_syst.histogram(shift), jcoords, w_sel[r2] * fac[keep]))
+                out.append((jet_syst.histogram(shift), sel.with_met(*jets.met_xy(sel.mask, variation(shift)))))
+        return out
+
+    def _jet_fills(
+        self,
+        sel: Selection,
+        jet_sels: list[tuple[str, Selection]],
+        w_sel: np.ndarray,
+        rep: np.ndarray,
+        comp: np.ndarray,
+        fac: np.ndarray,
+    ) -> list[_Fill]:
+        """The jet calibration's variations: the signal-region entries of each variation's selection."""
+        fills: list[_Fill] = []
+        for name, jsel in jet_sels:
+            keep = jsel.in_signal_region(self.config)[rep]
+            r2 = rep[keep]
+            jcoords = dict(component=comp[keep], charge=sel.charge[r2], eta=sel.eta[r2], pt=sel.pt[r2])
+            fills.append((name, jcoords, w_sel[r2] * fac[keep]))
         return fills
 
-    def _kinematic_fills(
+    def _kinematic_rows(
         self,
         kinematic: list[tuple[str, Selection, tuple[np.ndarray, np.ndarray]]],
         jets: JetMET | None,
         evt_w: np.ndarray,
         split: ComponentSplit | None,
-    ) -> list[_Fill]:
+    ) -> list[tuple[str, _Rows]]:
         """The re-selected events of the muon momentum variations, with their own lepton's nominal weight."""
-        fills: list[_Fill] = []
+        out: list[tuple[str, _Rows]] = []
         for name, vsel, muon_dmet in kinematic:
             if jets is not None:
                 # The muons' change of the MET plus the jets' (as for the nominal MET).
                 m = vsel.mask
                 jx, jy = jets.met_xy(m)
                 vsel = vsel.with_met(jx + muon_dmet[0][m], jy + muon_dmet[1][m])
-            vsr = vsel.in_signal_region(self.config)
             vrep, vcomp, vfac = expand_components(split, vsel.mask)
             vlep_w, _ = self._lepton_weights(vsel, True, None, variations=False)  # only the nominal is filled
-            vw = evt_w[vsel.mask] * vlep_w
-            keep = vsr[vrep]
+            out.append((name, _Rows(vsel, vrep, vcomp, vfac, evt_w[vsel.mask] * vlep_w)))
+        return out
+
+    def _kinematic_fills(self, kin_rows: list[tuple[str, _Rows]]) -> list[_Fill]:
+        """The signal-region entries of the momentum variations' re-selections."""
+        fills: list[_Fill] = []
+        for name, rows in kin_rows:
+            vsel, vrep, vcomp, vfac, vw = rows
+            keep = vsel.in_signal_region(self.config)[vrep]
             r2 = vrep[keep]
             vcoords = dict(component=vcomp[keep], charge=vsel.charge[r2], eta=vsel.eta[r2], pt=vsel.pt[r2])
             fills.append((name, vcoords, vw[r2] * vfac[keep]))

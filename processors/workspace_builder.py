@@ -45,9 +45,9 @@ import hist
 import numpy as np
 
 from .config import TemplateConfig
-from .systematics import NOMINAL, SYSTEMATICS, Systematic
+from .systematics import NOMINAL, SYSTEMATICS
 
-__all__ = ["Sample", "build_workspace", "fake_estimate", "process_templates"]
+__all__ = ["NormTerm", "Sample", "ShapeTerm", "build_workspace", "fake_estimate", "model_terms", "process_templates"]
 
 
 @dataclass(frozen=True)
@@ -224,25 +224,101 @@ def fake_estimate(
     return _project(out)
 
 
-def _book_eta_groups(
-    w: Any, spec: Systematic, process: str, channel: str, hs: Mapping[str, hist.Hist], cfg: TemplateConfig
-) -> set[str]:
-    """One nuisance per eta group of ``spec``: its variation inside the group's eta bins, the nominal outside."""
-    up_name, down_name = (spec.histogram(shift) for shift in spec.shifts)
-    if up_name not in hs or down_name not in hs:
-        return set()
-    nom = hs[NOMINAL]
-    eg = cfg.eff_group_size
-    booked = set()
-    for g in range(cfg.eff_groups):
-        sl = slice(g * eg, (g + 1) * eg)
-        up, down = nom.copy(), nom.copy()
-        up.view()[sl] = hs[up_name].view()[sl]
-        down.view()[sl] = hs[down_name].view()[sl]
-        name = spec.nuisance(eta_group=g)
-        w.add_shape_systematic(name, process, channel, up, down, groups=[spec.group])
-        booked.add(name)
-    return booked
+@dataclass(frozen=True)
+class ShapeTerm:
+    """One shape systematic of one process: the nuisance ``name`` moves ``process`` from its nominal template
+    to the ``up`` (and ``down``; None: mirrored) variation, inside the eta bins ``eta`` only (None: all bins;
+    outside them the variation is the nominal)."""
+
+    name: str
+    process: str
+    up: str
+    down: str | None
+    group: str
+    eta: slice | None = None
+
+
+@dataclass(frozen=True)
+class NormTerm:
+    """A log-normal normalisation systematic: ``kappa`` on each of ``processes``."""
+
+    name: str
+    processes: tuple[str, ...]
+    kappa: float
+    group: str
+
+
+def model_terms(
+    variations: Mapping[str, Collection[str]],
+    kinds: Mapping[str, Literal["signal", "background"]],
+    config: TemplateConfig,
+    systematics: bool | Collection[str] = True,
+    fakes: bool = False,
+) -> list[ShapeTerm | NormTerm]:
+    """The systematics of the workspace model, in booking order: which nuisance comes from which variations
+    of which process. The one definition of the model, written by :func:`build_workspace` and evaluated as a
+    differentiable function of the cuts by :mod:`wfit.fitter.cutopt`.
+
+    Args:
+        variations: Per process, the names of its variations (``"nominal"`` among them).
+        kinds: Per process (signals and MC backgrounds, in the workspace's order), its kind.
+        config: The processor's configuration (eta groups, luminosity uncertainty).
+        systematics: As :func:`build_workspace`'s.
+        fakes: Whether the model has the data-driven ``Fakes`` process (its ``fakeNorm``).
+
+    Example:
+        >>> terms = model_terms({"W": ["nominal", "pileupUp", "pileupDown"]}, {"W": "signal"}, TemplateConfig())
+        >>> [(t.name, type(t).__name__) for t in terms]
+        [('pileup', 'ShapeTerm'), ('lumi', 'NormTerm')]
+    """
+    keep_all = systematics is True
+    groups_kept = set() if systematics is False else (None if keep_all else set(systematics))
+
+    def wanted(group: str) -> bool:
+        return groups_kept is None or group in groups_kept
+
+    terms: list[ShapeTerm | NormTerm] = []
+    if fakes:
+        fake_norm = SYSTEMATICS["fakeNorm"]
+        terms.append(NormTerm(fake_norm.name, ("Fakes",), 1.3, fake_norm.group))
+    eg = config.eff_group_size
+    for p, process_kind in kinds.items():
+        names = set(variations[p])
+        for s in variations[p]:
+            if s == NOMINAL:
+                continue
+            var = SYSTEMATICS.resolve(s, where=f"process {p!r}")
+            spec = var.systematic
+            # Each nuisance is booked at its first histogram; the eta-group split comes after the loop.
+            if spec.bins != "all" or var.shift != spec.shifts[0]:
+                continue
+            if not wanted(spec.group) or not spec.applies_to(process_kind):
+                continue
+            down = spec.histogram(spec.shifts[1], var.index) if spec.two_sided else None
+            terms.append(ShapeTerm(var.nuisance, p, s, down if down in names else None, spec.group))
+        for spec in SYSTEMATICS:
+            if spec.bins != "eta_group" or not wanted(spec.group) or not spec.applies_to(process_kind):
+                continue
+            up_name, down_name = (spec.histogram(shift) for shift in spec.shifts)
+            if up_name not in names or down_name not in names:
+                continue
+            for g in range(config.eff_groups):
+                eta = slice(g * eg, (g + 1) * eg)
+                terms.append(ShapeTerm(spec.nuisance(eta_group=g), p, up_name, down_name, spec.group, eta))
+    lumi = SYSTEMATICS["lumi"]
+    if groups_kept is None or systematics is False or lumi.group in groups_kept:
+        lumi_processes = tuple(p for p, kind in kinds.items() if lumi.applies_to(kind))
+        terms.append(NormTerm(lumi.name, lumi_processes, 1.0 + config.lumi_uncertainty, lumi.group))
+    return terms
+
+
+def _eta_restricted(hs: Mapping[str, hist.Hist], name: str, eta: slice | None) -> hist.Hist:
+    """The variation ``name`` inside the eta bins ``eta``, the nominal outside (the whole variation for None)."""
+    if eta is None:
+        return hs[name]
+    out = hs[NOMINAL].copy()
+    out.view()[eta] = hs[name].view()[eta]
+    return out
 
 
 def build_workspace(
@@ -282,12 +358,6 @@ def build_workspace(
     cfg = config or TemplateConfig()
     check_samples(samples, output, lumi)
     templates, signals, data = process_templates(output, samples, cfg, lumi)
-    keep_all = systematics is True
-    groups_kept = set() if systematics is False else (None if keep_all else set(systematics))
-
-    def wanted(group: str) -> bool:
-        return groups_kept is None or group in groups_kept
-
     backgrounds = [p for p in templates if p not in cfg.component_names]
     missing = [
         n for n in cfg.component_names if n not in templates or templates[n][NOMINAL].sum().value <= 0
@@ -306,35 +376,20 @@ def build_workspace(
     if fake_hist is not None:
         w.add_process("Fakes", channel, fake_hist)
         yields["Fakes"] = float(fake_hist.sum().value)
-        fake_norm = SYSTEMATICS["fakeNorm"]
-        w.add_norm_systematic(fake_norm.name, ["Fakes"], channel, 1.3, groups=[fake_norm.group])
 
-    booked: set[str] = set()
     kinds: dict[str, Literal["signal", "background"]] = {p: "signal" for p in signals}
     kinds.update((b, "background") for b in backgrounds)
-    for p, process_kind in kinds.items():
-        hs = templates[p]
-        for s in hs:
-            if s == NOMINAL:
-                continue
-            var = SYSTEMATICS.resolve(s, where=f"process {p!r}")
-            spec = var.systematic
-            # Each nuisance is booked at its first histogram; the eta-group split comes after the loop.
-            if spec.bins != "all" or var.shift != spec.shifts[0]:
-                continue
-            if not wanted(spec.group) or not spec.applies_to(process_kind):
-                continue
-            down = hs.get(spec.histogram(spec.shifts[1], var.index)) if spec.two_sided else None
-            w.add_shape_systematic(var.nuisance, p, channel, hs[s], down, groups=[spec.group])
-            booked.add(var.nuisance)
-        for spec in SYSTEMATICS:
-            if spec.bins == "eta_group" and wanted(spec.group) and spec.applies_to(process_kind):
-                booked |= _book_eta_groups(w, spec, p, channel, hs, cfg)
-    lumi = SYSTEMATICS["lumi"]
-    if groups_kept is None or systematics is False or lumi.group in groups_kept:
-        lumi_processes = [p for p, kind in kinds.items() if lumi.applies_to(kind)]
-        w.add_norm_systematic(lumi.name, lumi_processes, channel, 1.0 + cfg.lumi_uncertainty, groups=[lumi.group])
-        booked.add(lumi.name)
+    booked: set[str] = set()
+    variations = {p: list(templates[p]) for p in kinds}
+    for term in model_terms(variations, kinds, cfg, systematics, fakes=fake_hist is not None):
+        if isinstance(term, NormTerm):
+            w.add_norm_systematic(term.name, list(term.processes), channel, term.kappa, groups=[term.group])
+        else:
+            hs = templates[term.process]
+            up = _eta_restricted(hs, term.up, term.eta)
+            down = None if term.down is None else _eta_restricted(hs, term.down, term.eta)
+            w.add_shape_systematic(term.name, term.process, channel, up, down, groups=[term.group])
+        booked.add(term.name)
 
     if data:
         obs = sum(data.values())
