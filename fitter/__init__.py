@@ -11,6 +11,7 @@ Public API (imported lazily, so that ``import wfit.fitter`` is cheap and never i
     from wfit.fitter.regularization import lcurve                          # regularised unfolding
     from wfit.fitter.blinding import Blinding                              # what a blinded fit shows
     from wfit.fitter.plots import plot_all
+    from wfit.fitter.cutopt import CutModel, Cuts, optimize_cuts  # the precision's gradient in the cuts
 
 The POIs are signal strengths mu (not sqrt(mu)), one per signal process; the NLL has Poisson
 terms with the saturated offset, Gaussian constraints on log-normal nuisances, and Barlow-Beeston

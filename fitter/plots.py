@@ -20,10 +20,19 @@ from wfit.plots import _mpl, _save
 
 if TYPE_CHECKING:
     from wfit.fitter.breakdown import Impacts
+    from wfit.fitter.cutopt import CutModel, Cuts, OptimizeResult
     from wfit.fitter.likelihood import Likelihood
     from wfit.fitter.result import FitResult
 
-__all__ = ["plot_all", "plot_correlation", "plot_impacts", "plot_lcurve", "plot_prepostfit", "plot_pulls"]
+__all__ = [
+    "plot_all",
+    "plot_correlation",
+    "plot_cut_dependence",
+    "plot_impacts",
+    "plot_lcurve",
+    "plot_prepostfit",
+    "plot_pulls",
+]
 
 
 def plot_pulls(
@@ -173,6 +182,68 @@ def plot_prepostfit(ll: Likelihood, result: FitResult, *, path: str | os.PathLik
         rax.set_ylabel("data / post-fit")
         rax.set_xlabel("unrolled bin")
         rax.set_ylim(0.8, 1.2)
+        fig.tight_layout()
+        _save(fig, path)
+    return fig
+
+
+def plot_cut_dependence(
+    model: CutModel,
+    target: Any,
+    cuts: Cuts,
+    cut: str,
+    values: Any,
+    *,
+    widths: Any = None,
+    optimum: OptimizeResult | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The expected uncertainty of ``target`` versus one cut threshold (the others held at ``cuts``): soft cuts
+    as a line, hard cuts as points, the gradient at ``cuts`` as its tangent, and an optimiser's result.
+
+    Args:
+        model: A :class:`wfit.fitter.cutopt.CutModel`.
+        target: A POI name or a function of the POI vector (as :meth:`CutModel.expected_uncertainty`).
+        cuts: The point whose gradient is drawn.
+        cut: The threshold on the x axis, one of :data:`wfit.fitter.cutopt.CUT_NAMES`.
+        values: Its values (hard cuts at each; the soft line on a grid four times finer).
+        widths: Soft-cut widths (default :data:`wfit.fitter.cutopt.DEFAULT_WIDTHS`).
+        optimum: A :class:`wfit.fitter.cutopt.OptimizeResult` to mark.
+        path: Write the figure there.
+    """
+    import dataclasses
+
+    from wfit.fitter.cutopt import CUT_NAMES, DEFAULT_WIDTHS
+
+    if cut not in CUT_NAMES:
+        raise ValueError(f"plot_cut_dependence(cut={cut!r}): use one of {CUT_NAMES}")
+    widths = DEFAULT_WIDTHS if widths is None else widths
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size < 2 or not np.isfinite(values).all():
+        raise ValueError("plot_cut_dependence: values must be at least two finite thresholds")
+    fine = np.linspace(values.min(), values.max(), 4 * values.size)
+    at = {name: [model.expected_uncertainty(dataclasses.replace(cuts, **{cut: float(v)}), target, w)
+                 for v in grid] for name, grid, w in (("soft", fine, widths), ("hard", values, None))}  # fmt: skip
+    sigma, grad = model.value_and_gradient(cuts, target, widths)
+    x0, slope = getattr(cuts, cut), grad[CUT_NAMES.index(cut)]
+    label = target if isinstance(target, str) else "target"
+    Figure, style, mplhep = _mpl()
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(9, 7))
+        ax = fig.subplots()
+        ax.plot(fine, at["soft"], color="steelblue", label="soft cuts")
+        ax.plot(values, at["hard"], "o", color="k", ms=5, label="hard cuts")
+        half = 0.15 * (values.max() - values.min())
+        ax.plot([x0 - half, x0 + half], [sigma - slope * half, sigma + slope * half], color="crimson",
+                label=rf"gradient at {x0:g}: {slope:.3g} per unit")  # fmt: skip
+        if optimum is not None:
+            moved = [n for n in CUT_NAMES if n != cut and not np.isclose(getattr(optimum.cuts, n), getattr(cuts, n))]
+            note = f" (with {', '.join(f'{n} {getattr(optimum.cuts, n):.3g}' for n in moved)})" if moved else ""
+            ax.axvline(getattr(optimum.cuts, cut), color="darkorange", ls="--",
+                       label=f"optimum {getattr(optimum.cuts, cut):.3g}{note}")  # fmt: skip
+        ax.set_xlabel(cut)
+        ax.set_ylabel(rf"expected $\sigma$({label})")
+        ax.legend(fontsize=14)
         fig.tight_layout()
         _save(fig, path)
     return fig

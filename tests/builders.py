@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import hist
 import numpy as np
@@ -251,3 +253,25 @@ def run_rabbit(workspace: str, outdir: str, *extra: str, result: str | None = No
     fr = get_fitresult(os.path.join(outdir, "rabbit.hdf5"), result)
     h = fr["parms"].get()
     return {str(n): (float(v), float(np.sqrt(e))) for n, v, e in zip(h.axes[0], h.values(), h.variances(), strict=True)}
+
+
+def write_column_toys(directory: str | os.PathLike[str], n_events: int = 6000, *, config: Any = None,
+                      chunksize: int = 2000) -> tuple[dict[str, list[str]], str]:
+    """Seeded toy W (signal split), Z and fake-lepton files and their event-columns file, written by the template
+    processor with a preselection loosened in the lepton pT (20 GeV, the pT axis from there); ``(fileset,
+    columns path)``."""
+    from wfit.columns import write_columns
+    from wfit.processors import AngularCoefficients, TemplateConfig, WTemplateProcessor, run_templates, write_toy
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    fileset = {}
+    for name, process, seed in (("W", "W", 11), ("Z", "Z", 12), ("QCD", "fakes", 13)):
+        path = d / f"{name}.root"
+        write_toy(path, n_events, process=process, seed=seed, block_size=chunksize)
+        fileset[name] = [str(path)]
+    cfg = config or TemplateConfig(pdf=True, lepton_pt_min=20.0, pt_bins=(36, 20.0, 56.0))
+    proc = WTemplateProcessor(cfg, signal_datasets={"W"}, coefficients=AngularCoefficients.constant(cfg, 0.2, -0.6),
+                              event_columns=True)  # fmt: skip
+    out = run_templates(fileset, proc, chunksize=chunksize, align_clusters=False).output
+    return fileset, write_columns(d / "columns.h5", out, cfg)

@@ -73,7 +73,8 @@ def test_notebook_runs_and_agrees_with_wfit_fit(tmp_path: Path, kernel_manager) 
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # templates pt and eta, pulls
+    # templates pt and eta, pulls, the uncertainty versus the mT cut
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4
 
     done = json.loads((run / "notebook-output" / "summary.json").read_text())
     assert done["resources"] == {"GPU": 1}
@@ -94,3 +95,20 @@ def test_notebook_runs_and_agrees_with_wfit_fit(tmp_path: Path, kernel_manager) 
     errors = np.array([float.fromhex(v) for v in done["errors"]])
     np.testing.assert_allclose((values - indep.x) / indep.errors, 0.0, atol=2e-5, err_msg="values, in sigma")
     np.testing.assert_allclose(errors, indep.errors, rtol=1e-5, err_msg="uncertainties")
+
+    # Section 7: the expected uncertainty with the processor's hard cuts is the Asimov fit's of the workspace the
+    # processor's templates made; the gradient from the GPU worker equals central differences computed here.
+    from wfit.fitter import fit_workspace
+    from wfit.fitter.cutopt import DEFAULT_WIDTHS, CutModel, Cuts
+    from wfit.processors import Sample
+
+    asimov = fit_workspace(ws, asimov=True)
+    poi = done["cut_poi"]
+    assert done["cut_sigma_hard"] == pytest.approx(asimov.errors[asimov.names.index(poi)], rel=1e-9)
+    assert done["cut_worker"] == done["worker"]
+    samples = {"W": Sample("signal", xsec=20000.0), "Z": Sample("background", xsec=2000.0)}
+    cm = CutModel(run / "notebook-output" / "columns.h5", samples, lumi=1.0)
+    x0, steps = Cuts(40.0, 0.15, 26.0).array(), np.array(DEFAULT_WIDTHS) * 1e-2
+    fd = [(cm.expected_uncertainty(x0 + h * e, poi) - cm.expected_uncertainty(x0 - h * e, poi)) / (2 * h)
+          for h, e in zip(steps, np.eye(3), strict=True)]  # fmt: skip
+    np.testing.assert_allclose(done["cut_gradient"], fd, rtol=1e-4, atol=1e-6 * done["cut_sigma_hard"])

@@ -67,6 +67,7 @@ def test_public_api() -> None:
             "GPU_RESOURCE",
             "ChainResult",
             "NoGPUWorkerError",
+            "cut_gradient_on_cluster",
             "fit_on_cluster",
             "gpu_workers",
             "load_dask_config",

@@ -43,6 +43,7 @@ __all__ = [
     "GPU_RESOURCE",
     "ChainResult",
     "NoGPUWorkerError",
+    "cut_gradient_on_cluster",
     "fit_on_cluster",
     "gpu_workers",
     "load_dask_config",
@@ -480,6 +481,70 @@ def fit_on_cluster(
     res = read_result(done["result"])
     log.info("fit on %s (%s): %s", done["worker"], done["device"], res.status.describe())
     return res
+
+
+def _cut_gradient_task(
+    columns: str, samples: dict[str, Any], cuts: list[float], target: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    """Runs on a worker: the expected uncertainty of ``target`` and its gradient with respect to the cuts."""
+    from distributed import get_worker
+
+    from wfit.fitter.cutopt import CutModel
+
+    worker = get_worker()
+    if not os.path.exists(columns):
+        raise FileNotFoundError(
+            f"worker {worker.address}: no event-columns file {columns!r}; it must be on storage that the client "
+            "and the workers share"
+        )
+    widths = options.pop("widths")
+    model = CutModel(columns, samples, **options)
+    value, grad = model.value_and_gradient(cuts, target, widths)
+    return {"sigma": value, "gradient": grad.tolist(), "device": model.device, "worker": worker.address}
+
+
+def cut_gradient_on_cluster(
+    client: Any,
+    columns: str | os.PathLike[str],
+    samples: Mapping[str, Any],
+    cuts: Any,
+    target: str,
+    *,
+    lumi: float,
+    widths: Any = None,
+    allow_cpu: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """The expected uncertainty of a POI and its gradient with respect to the cuts
+    (:meth:`wfit.fitter.cutopt.CutModel.value_and_gradient`), computed on the cluster's GPU worker: the same
+    placement as :func:`fit_on_cluster` (``resources={"GPU": 1}``; a CPU worker with ``allow_cpu``). The columns
+    file is written by the processor on the CPU workers (:func:`wfit.columns.write_columns`) on shared storage.
+
+    Returns:
+        ``{"sigma", "gradient" (CUT_NAMES order), "device" (TensorFlow's), "worker"}``.
+
+    Raises:
+        NoGPUWorkerError: No worker declares ``GPU`` and ``allow_cpu`` is false.
+    """
+    from wfit.fitter.cutopt import DEFAULT_WIDTHS, Cuts
+
+    x = cuts.array() if isinstance(cuts, Cuts) else [float(v) for v in cuts]
+    submit = _placement(client, allow_cpu)
+    opts = {"lumi": lumi, "widths": list(DEFAULT_WIDTHS if widths is None else widths), **options}
+    future = client.submit(
+        _cut_gradient_task,
+        os.path.abspath(os.fspath(columns)),
+        dict(samples),
+        [float(v) for v in x],
+        target,
+        opts,
+        pure=False,
+        key=f"wfit-cut-gradient-{uuid.uuid4().hex}",
+        **submit,
+    )
+    out = future.result()
+    log.info("cut gradient on %s (%s)", out["worker"], out["device"])
+    return out
 
 
 # ------------------------------------------------------------------------------------------ chain
