@@ -90,18 +90,6 @@ def _best(f, repeat: int) -> float:
     return float(np.median(times))
 
 
-def _central_differences(f, x0: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(x0))
-    for i, h in enumerate(steps):
-        v = {}
-        for k in (-2, -1, 1, 2):
-            x = x0.copy()
-            x[i] += k * h
-            v[k] = f(x)
-        out[i] = (8 * (v[1] - v[-1]) - (v[2] - v[-2])) / (12 * h)
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=1_000_000, help="toy W events (Z: a tenth, fakes: a fifth)")
@@ -110,6 +98,7 @@ def main() -> None:
     args = p.parse_args()
     n_w = 100_000 if args.quick else args.events
 
+    from tests.builders import central_differences
     from wfit.fitter.cutopt import DEFAULT_WIDTHS, CutModel, Cuts, optimize_cuts, scan_by_refit
 
     with tempfile.TemporaryDirectory() as folder:
@@ -129,7 +118,7 @@ def main() -> None:
         t_eval = _best(lambda: model.expected_uncertainty(start, POI, widths), repeat)
         t_grad = _best(lambda: model.value_and_gradient(start, POI, widths), repeat)
         value, grad = model.value_and_gradient(start, POI, widths)
-        fd = _central_differences(lambda x: model.expected_uncertainty(x, POI, widths), start.array(),
+        fd = central_differences(lambda x: model.expected_uncertainty(x, POI, widths), start.array(),
                                   np.array(widths) * 1e-2)  # fmt: skip
         dev = float(np.max(np.abs(grad - fd) / np.abs(fd)))
         print(f"sigma({POI}) = {value:.6g}; gradient {grad} (finite differences {fd})")

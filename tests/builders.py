@@ -275,3 +275,48 @@ def write_column_toys(directory: str | os.PathLike[str], n_events: int = 6000, *
                               event_columns=True)  # fmt: skip
     out = run_templates(fileset, proc, chunksize=chunksize, align_clusters=False).output
     return fileset, write_columns(d / "columns.h5", out, cfg)
+
+
+def central_differences(f: Any, x0: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The five-point central difference (error O(h^4)) of ``f`` in each coordinate."""
+    out = np.zeros(len(x0))
+    for i, h in enumerate(steps):
+        v = {}
+        for k in (-2, -1, 1, 2):
+            x = x0.copy()
+            x[i] += k * h
+            v[k] = f(x)
+        out[i] = (8 * (v[1] - v[-1]) - (v[2] - v[-2])) / (12 * h)
+    return out
+
+
+def random_constituent_models(
+    directory: str | os.PathLike[str], seeds: dict[str, int], resolution: set[str] | frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """``{name: ONNX path}``: constituent (Deep Sets) models of the PFNano features (``configs/pfnano.yaml``),
+    randomly initialised with each name's seed and exported to ONNX; names in ``resolution`` with a resolution head
+    (quantiles 0.16, 0.84). The correction layer is scaled so that corrections are of a calibration's size."""
+    import dataclasses
+
+    import keras
+
+    from wfit.calib import FeatureSpec, build_model, default_config_path, export_onnx, load_config, write_synthetic
+    from wfit.calib.transform import load_transform
+
+    d = Path(directory)
+    write_synthetic(str(d / "syn"), 600, n_shards=2, seed=5, calibration_jets=2000)
+    base = load_config(default_config_path("pfnano"))
+    base_spec = FeatureSpec.from_config(base.features, load_transform(str(d / "syn" / "transform.yaml")))
+    out = {}
+    for name, seed in seeds.items():
+        keras.utils.set_random_seed(seed)
+        cfg, spec = base, base_spec
+        if name in resolution:
+            cfg = load_config(default_config_path("pfnano"), {"model": {"resolution": {"quantiles": [0.16, 0.84]}}})
+            spec = dataclasses.replace(spec, quantiles=(0.16, 0.84))
+        model = build_model(cfg, spec, compile=False)
+        layer = model.get_layer("log_correction")
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel * 0.3, bias + 0.1])
+        out[name] = export_onnx(model, spec, str(d / f"{name}.onnx"))
+    return out

@@ -147,3 +147,42 @@ def test_a_bad_columns_file_is_refused_by_name(columns_file: str, tmp_path: Path
     with pytest.raises(ColumnsError, match=message) as err:
         read_columns(path)
     assert path in str(err.value) and "dataset 'W'" in str(err.value) or damage == "version"
+
+
+def test_jet_calibration_columns_and_unchanged_outputs(tmp_path: Path) -> None:
+    """With the DNN jet calibration (a random constituent model through onnxruntime): the columns hold mT under
+    each jet-calibration variation, the hard-cut templates from them equal the processor's bit for bit (jetCalib
+    included), and every other output of the processor is the same with and without event columns."""
+    from tests.builders import random_constituent_models
+    from wfit.processors import JetCalibration, ToyConfig
+
+    model = random_constituent_models(tmp_path / "model", {"m": 1})["m"]
+    toy = str(tmp_path / "w.root")
+    write_toy(toy, 3000, process="W", seed=21, config=ToyConfig(pfnano=True, n_pdf=3), block_size=1000)
+    fast = {"curvature": None, "qcd_scale": False, "pdf": False}
+    standard = TemplateConfig(**fast)
+    loose = TemplateConfig(**fast, lepton_pt_min=20.0, pt_bins=(36, 20.0, 56.0))
+
+    def run(config: TemplateConfig, **kw: Any) -> Any:
+        proc = WTemplateProcessor(config, jet_calibration=JetCalibration(model), **kw)
+        return run_templates({"W": [toy]}, proc, chunksize=1000, align_clusters=False).output["W"]
+
+    with_columns, without = run(loose, event_columns=True), run(loose)
+    assert set(with_columns) == set(without) | {"columns"}
+    for key, value in without.items():
+        if hasattr(value, "axes"):
+            np.testing.assert_array_equal(with_columns[key].values(flow=True), value.values(flow=True), err_msg=key)
+            np.testing.assert_array_equal(with_columns[key].variances(flow=True), value.variances(flow=True))
+        elif key != "jet_calibration":
+            assert with_columns[key] == value, key
+
+    path = write_columns(tmp_path / "columns.h5", {"W": with_columns}, loose)
+    nominal = read_columns(path).datasets["W"].tables["nominal"]
+    assert {"jetCalibUp", "jetCalibDown"} <= set(nominal.mt_names)
+    assert np.any(nominal.mt_variations[:, nominal.mt_names.index("jetCalibUp")] != nominal.columns["mt"])
+    got = hard_templates(read_columns(path).datasets["W"], standard, **CUTS)
+    want = run(standard)["templates_syst"]
+    assert "jetCalibUp" in list(want.axes["syst"])
+    assert list(got.axes["syst"]) == list(want.axes["syst"])
+    np.testing.assert_array_equal(got.values(flow=True), want.values(flow=True))
+    np.testing.assert_array_equal(got.variances(flow=True), want.variances(flow=True))

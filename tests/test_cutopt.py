@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from tests.builders import write_column_toys
+from tests.builders import central_differences, write_column_toys
 from wfit.columns import DatasetColumns, EventColumns, Table, read_columns
 from wfit.fitter import fit_workspace
 from wfit.fitter._tf import tf
@@ -108,19 +108,6 @@ def test_hard_cuts_equal_an_asimov_fit_of_the_built_workspace(columns: str, mode
 
 
 # ---------------------------------------------------------------------- gradients
-def _central_differences(f: Any, x0: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """The five-point central difference (error O(h^4)) of ``f`` in each coordinate."""
-    out = np.zeros(len(x0))
-    for i, h in enumerate(steps):
-        v = {}
-        for k in (-2, -1, 1, 2):
-            x = x0.copy()
-            x[i] += k * h
-            v[k] = f(x)
-        out[i] = (8 * (v[1] - v[-1]) - (v[2] - v[-2])) / (12 * h)
-    return out
-
-
 @pytest.mark.parametrize("kind", ["sigmoid", "erf"])
 def test_gradient_equals_central_finite_differences(columns: str, model: CutModel, kind: str) -> None:
     m = model if kind == "sigmoid" else CutModel(read_columns(columns), SAMPLES, lumi=1.0, kind=kind)
@@ -129,7 +116,7 @@ def test_gradient_equals_central_finite_differences(columns: str, model: CutMode
     f, _, _ = _asymmetry(m)
     for target in (POI, f):
         value, grad = m.value_and_gradient(start, target, widths)
-        fd = _central_differences(lambda x, target=target: m.expected_uncertainty(x, target, widths), start.array(),
+        fd = central_differences(lambda x, target=target: m.expected_uncertainty(x, target, widths), start.array(),
                                   np.array(widths) * (1e-2 if isinstance(target, str) else 5e-2))  # fmt: skip
         # The differences carry the rounding of the Cholesky solve (about 1e-10 of sigma for the asymmetry,
         # whose information matrix is the worse conditioned: a larger step and 1e-4 there; 1e-5 for the POI), of
@@ -237,7 +224,7 @@ def test_comparison_gradient_finds_an_injected_pt_slope(columns: str) -> None:
             def f(x: np.ndarray, stat: str = stat, m: CutModel = m, widths: tuple = widths) -> float:
                 return m.comparison_gradient(x, stat, widths)[0]
 
-            fd = _central_differences(f, CUTS.array(), np.array(widths) * 1e-2)
+            fd = central_differences(f, CUTS.array(), np.array(widths) * 1e-2)
             np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-12 * abs(value))
         assert g_slope[2] != 0.0  # the pT threshold moves the fitted slope
 

@@ -33,31 +33,12 @@ CFG = TemplateConfig(curvature=None, qcd_scale=False, pdf=False)  # weight syste
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Constituent models of the PFNano features (configs/pfnano.yaml), randomly initialised with three seeds
-    (the cache does not care what the model learnt), the third with a resolution head, exported to ONNX."""
-    import dataclasses
+    """Constituent models of the PFNano features, randomly initialised with three seeds (the cache does not care
+    what the model learnt), the third with a resolution head, exported to ONNX."""
+    from tests.builders import random_constituent_models
 
-    import keras
-
-    from wfit.calib import FeatureSpec, build_model, default_config_path, export_onnx, load_config, write_synthetic
-    from wfit.calib.transform import load_transform
-
-    d = tmp_path_factory.mktemp("cachemodels")
-    write_synthetic(str(d / "syn"), 600, n_shards=2, seed=5, calibration_jets=2000)
-    cfg = load_config(default_config_path("pfnano"))
-    spec = FeatureSpec.from_config(cfg.features, load_transform(str(d / "syn" / "transform.yaml")))
-    out = {}
-    for name, seed in (("v1", 1), ("v2", 2), ("reso", 3)):
-        keras.utils.set_random_seed(seed)
-        if name == "reso":  # with a resolution head
-            cfg = load_config(default_config_path("pfnano"), {"model": {"resolution": {"quantiles": [0.16, 0.84]}}})
-            spec = dataclasses.replace(spec, quantiles=(0.16, 0.84))
-        model = build_model(cfg, spec, compile=False)
-        layer = model.get_layer("log_correction")
-        kernel, bias = layer.get_weights()
-        layer.set_weights([kernel * 0.3, bias + 0.1])  # corrections of a calibration's size, not all ones
-        out[name] = export_onnx(model, spec, str(d / f"{name}.onnx"))
-    return out
+    return random_constituent_models(tmp_path_factory.mktemp("cachemodels"), {"v1": 1, "v2": 2, "reso": 3},
+                                     resolution={"reso"})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
