@@ -291,8 +291,9 @@ class CutModel:
         for g in self._groups:
             s = self._weights(g.mt, g.iso, g.pt, cuts, widths)
             out = _ssum(g.weights * s[:, None], g.seg, nseg)
-            for i, name in enumerate(g.names):
-                sums[name] = sums[name] + out[:, i] if name in sums else out[:, i]
+            # One unstack, not a slice per column: a slice's gradient is a full-size tensor per column.
+            for name, col in zip(g.names, tf.unstack(out, axis=1), strict=True):
+                sums[name] = sums[name] + col if name in sums else col
             if g.nominal:
                 ws = g.weights[:, 0] * s
                 sumw2 = sumw2 + _ssum(ws * ws, g.seg, nseg)
@@ -391,7 +392,7 @@ class CutModel:
         writer's rule where a template vanishes, and ``log(kappa) nominal_p`` for a normalisation."""
         ix = self._ix
         per, sumw2 = self._sums(cuts, widths)
-        nom = per["nominal"]
+        nom = tf.maximum(per["nominal"], 0.0)  # a process's negative bins are zero in the workspace (the writer's rule)
         nu = tf.reduce_sum(nom, axis=0)
         zeros = tf.zeros_like(nom)
         parts = []
@@ -523,7 +524,7 @@ class CutModel:
         """
         cuts = cuts if tf.is_tensor(cuts) else self._cuts(cuts)
         per, sumw2 = self._sums(cuts, widths)
-        nu = tf.reduce_sum(per["nominal"], axis=0)
+        nu = tf.reduce_sum(tf.maximum(per["nominal"], 0.0), axis=0)  # the workspace's prediction (as jacobian's)
         d = self._data_template(cuts, widths)
         if statistic == "chi2":
             var = nu + tf.reduce_sum(sumw2, axis=0)

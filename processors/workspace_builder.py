@@ -394,7 +394,11 @@ def build_workspace(
     if data:
         obs = sum(data.values())
     else:
-        asimov = sum(templates[p][NOMINAL] for p in signals + backgrounds)
+        # The prediction as the workspace holds it: each process's negative bins are zero there (the writer's
+        # rule), so the Asimov data is the sum of the clipped templates and equals the prediction.
+        asimov = any_hist.copy()
+        asimov.view().value[...] = sum(np.maximum(templates[p][NOMINAL].values(), 0.0) for p in signals + backgrounds)
+        asimov.view().variance[...] = sum(templates[p][NOMINAL].variances() for p in signals + backgrounds)
         if fake_hist is not None:
             asimov = asimov + fake_hist
         if pseudo_data == "asimov":

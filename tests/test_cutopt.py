@@ -107,6 +107,30 @@ def test_hard_cuts_equal_an_asimov_fit_of_the_built_workspace(columns: str, mode
     np.testing.assert_allclose(model.expected_uncertainty(CUTS, f, None), math.sqrt(g @ cov @ g), rtol=1e-9)
 
 
+def test_negative_bins_are_zero_in_the_workspace_and_in_the_model(columns: str, tmp_path: Path) -> None:
+    """Negative-weight entries (as an NLO sample's) that make some bins of a process negative: the workspace holds
+    them as zero and its Asimov data is the sum of the processes as written, and the model's hard-cut uncertainty
+    equals the Asimov fit of that workspace."""
+    from wfit.workspace import read_workspace
+
+    cols = read_columns(columns)
+    z = cols.datasets["Z"]
+    tables = {}
+    for name, t in z.tables.items():
+        c = dict(t.columns)
+        region = (c["eta"] > 2.0) & (c["charge"] > 0)
+        c["w"] = np.where(region, -20.0 * c["w"], c["w"])
+        tables[name] = dataclasses.replace(t, columns=c)
+    changed = EventColumns(cols.path, cols.config, {**cols.datasets, "Z": dataclasses.replace(z, tables=tables)})
+    m = CutModel(changed, SAMPLES, lumi=1.0)
+    (sigma_fit,) = scan_by_refit(changed, SAMPLES, [CUTS], POI, lumi=1.0, workdir=tmp_path)
+    ws = read_workspace(tmp_path / "scan0.hdf5")
+    hard, _ = m.templates(CUTS, None)
+    assert np.sum(hard["Z"]["nominal"] < 0) == ws.meta["clipped_negative_bins"]["mu_sr/Z"] > 0
+    np.testing.assert_allclose(ws.data_obs, ws.norm.sum(axis=1)[: len(ws.data_obs)], rtol=1e-12)
+    np.testing.assert_allclose(m.expected_uncertainty(CUTS, POI, None), sigma_fit, rtol=1e-9)
+
+
 # ---------------------------------------------------------------------- gradients
 @pytest.mark.parametrize("kind", ["sigmoid", "erf"])
 def test_gradient_equals_central_finite_differences(columns: str, model: CutModel, kind: str) -> None:
