@@ -1,22 +1,24 @@
 """The gradient of the expected precision with respect to the cuts, against the brute-force scan, in one process.
 
 Toy W -> mu nu (signal split by charge, |y_W| and helicity), Z -> mu mu and fake-lepton NanoAOD files
-(:func:`wfit.processors.write_toy`, seeded) are processed once by the template processor with event columns
-(``WTemplateProcessor(event_columns=True)``), with the main job's binning, PDF members and systematics and the
-preselection loosened in the lepton pT (20 GeV, the pT axis from there), and written to an event-columns file.
-On that file, with every nuisance of the workspace builder's model and Barlow-Beeston lite
-(:class:`wfit.fitter.cutopt.CutModel`), the benchmark times, after tracing:
+(:func:`wfit.processors.write_toy`, seeded) and the main job's two real CMS NanoAOD files (ttbar, Drell-Yan) are
+processed once by the template processor with event columns (``WTemplateProcessor(event_columns=True)``), with the
+main job's binning, PDF members and systematics (its 118 nuisances) and the preselection loosened in the lepton pT
+(20 GeV, the pT axis from there), and written to an event-columns file. On that file, with every nuisance of the
+workspace builder's model and Barlow-Beeston lite (:class:`wfit.fitter.cutopt.CutModel`), the benchmark times,
+after tracing:
 
 - one evaluation of the expected (Asimov) uncertainty of a POI with soft cuts (``expected_uncertainty``);
 - that value and its gradient with respect to the three cuts, from one tape (``value_and_gradient``);
 - the brute-force alternative, per scan point: the hard-cut templates refilled from the columns, a workspace
   built and fitted with its covariance (:func:`wfit.fitter.cutopt.scan_by_refit`).
 
-Then the question both answer, the mT threshold that minimises the POI's expected uncertainty: a hard-cut refit
-scan in 5 GeV steps over [0, 70] GeV against the gradient optimiser (:func:`wfit.fitter.cutopt.optimize_cuts`,
-width schedule included) from the scan's edge, both timed in full; and the gradient against five-point central
-finite differences of the same soft objective. The optimiser's three-cut optimum is reported beside it, with the
-cost of a three-cut scan on a grid of the same step (its per-point time times the grid's points).
+Then the question both answer, the thresholds that minimise the POI's expected uncertainty: a hard-cut refit scan
+on the (mT, isolation) grid (5 GeV over [0, 70] GeV, 0.05 over [0.05, 0.3]; its isolation 0.15 row is the mT-only
+scan) against the gradient optimiser (:func:`wfit.fitter.cutopt.optimize_cuts`, width schedule included) from the
+grid's edge, both timed in full; and the gradient against five-point central finite differences of the same soft
+objective. The optimiser's three-cut optimum is reported beside it, with the cost of a three-cut scan of the same
+steps (the measured per-point time times the grid's points).
 
 The last line reads ``gradient/evaluation X, scan/optimiser Y, max rel. deviation from finite differences Z``
 (targets: X <= 3, Y >= 10).
@@ -38,7 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-W_XSEC, Z_XSEC, QCD_XSEC = 20000.0, 2000.0, 20000.0  # pb, the main job's demonstration values (fakes: W-sized)
+# pb: the main job's demonstration values (examples/run_chain.py); the fake-lepton toy W-sized
+W_XSEC, Z_XSEC, TT_XSEC, DY_XSEC, QCD_XSEC = 20000.0, 2000.0, 830.0, 6000.0, 20000.0
+REAL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "nanoaod")
 POI = "Wplus_y1_L"
 
 
@@ -67,6 +71,8 @@ def _columns(folder: str, n_w: int, seed: int) -> tuple[str, dict, float]:
         path = os.path.join(folder, name)
         write_toy(path, n, process=process, seed=s, config=toy)
         fileset.setdefault(ds, []).append(path)
+    # The main job's two real CMS NanoAOD files (their 102 PDF members make the main job's 118 nuisances).
+    fileset.update({"ttbar": [os.path.join(REAL, "nano_tt_v12.root")], "DY": [os.path.join(REAL, "nano_dy.root")]})
     proc = WTemplateProcessor(cfg, signal_datasets={"W"}, coefficients=AngularCoefficients.constant(cfg, 0.2, -0.6),
                               event_columns=True)  # fmt: skip
     t = time.perf_counter()
@@ -74,6 +80,7 @@ def _columns(folder: str, n_w: int, seed: int) -> tuple[str, dict, float]:
     t_proc = time.perf_counter() - t
     path = write_columns(os.path.join(folder, "columns.h5"), out, cfg)
     samples = {"W": Sample("signal", W_XSEC), "Z": Sample("background", Z_XSEC),
+               "ttbar": Sample("background", TT_XSEC), "DY": Sample("background", DY_XSEC),
                "QCD": Sample("background", QCD_XSEC, process="QCD")}  # fmt: skip
     n_total = sum(n for *_, n, _ in jobs)
     size = os.path.getsize(path) / 1e6
