@@ -42,34 +42,10 @@ from typing import Any
 import numpy as np
 
 from wfit.fitter._tf import resolve_device, tf
+from wfit.fitter.cuts import CUT_NAMES, DEFAULT_WIDTHS, Cuts, cut_vector, width_vector
 from wfit.fitter.softcuts import KINDS, hard_cut, soft_cut
 
-__all__ = ["CUT_NAMES", "CutModel", "Cuts", "OptimizeResult", "optimize_cuts", "scan_by_refit"]
-
-#: The cut thresholds, in this order wherever they travel as a vector.
-CUT_NAMES = ("mt_min", "iso_max", "pt_min")
-
-
-@dataclass(frozen=True)
-class Cuts:
-    """Cut thresholds: ``mT >= mt_min`` (GeV), ``iso < iso_max``, lepton ``pT > pt_min`` (GeV)."""
-
-    mt_min: float
-    iso_max: float
-    pt_min: float
-
-    def array(self) -> np.ndarray:
-        return np.array([self.mt_min, self.iso_max, self.pt_min], dtype=np.float64)
-
-    @classmethod
-    def from_array(cls, x: Sequence[float]) -> Cuts:
-        return cls(*(float(v) for v in x))
-
-
-#: Default transition widths of the soft cuts (mT GeV, isolation, pT GeV): the narrowest stage of
-#: :func:`optimize_cuts`'s schedule.
-DEFAULT_WIDTHS = (1.0, 0.005, 0.5)
-
+__all__ = ["CUT_NAMES", "DEFAULT_WIDTHS", "CutModel", "Cuts", "OptimizeResult", "optimize_cuts", "scan_by_refit"]
 
 @dataclass
 class _Group:
@@ -488,16 +464,12 @@ class CutModel:
         return float(value.numpy())
 
     def _widths(self, widths: Any) -> Any:
-        w = np.asarray(widths, dtype=np.float64)
-        if w.shape != (3,) or not (np.isfinite(w).all() and np.all(w > 0)):
-            raise ValueError(f"CutModel: widths must be 3 finite numbers > 0 ({CUT_NAMES}), got {widths!r}")
+        w = width_vector(widths)
         with tf.device(self.device):
             return tf.constant(w)
 
     def _cuts(self, cuts: Cuts | Sequence[float]) -> Any:
-        x = np.asarray(cuts.array() if isinstance(cuts, Cuts) else cuts, dtype=np.float64)
-        if x.shape != (3,) or not np.isfinite(x).all():
-            raise ValueError(f"CutModel: cuts must be 3 finite thresholds {CUT_NAMES}, got {x!r}")
+        x = cut_vector(cuts)
         with tf.device(self.device):
             return tf.constant(x)
 

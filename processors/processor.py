@@ -233,20 +233,11 @@ class WTemplateProcessor(processor.ProcessorABC):
         return list(dict.fromkeys(out))
 
     # ------------------------------------------------------------------ histograms
-    def _axes(self) -> tuple[Any, Any, Any]:
-        return _axes(self.config)
-
-    def _component_axis(self, signal: bool) -> Any:
-        return _component_axis(self.config, signal)
-
-    def _syst_hist(self, signal: bool, names: list[str]) -> hist.Hist:
-        return syst_histogram(self.config, signal, names)
-
     def empty_output(self, dataset: str, kind: Kind) -> Accumulator:
         """The output of a chunk without events (the identity of the accumulation)."""
         cfg = self.config
-        eta, pt, charge = self._axes()
-        comp = self._component_axis(kind == "signal")
+        eta, pt, charge = _axes(self.config)
+        comp = _component_axis(self.config, kind == "signal")
         templates = hist.Hist(
             comp,
             hist.axis.Variable(cfg.mt_edges, name="mt", label="mT [GeV]"),
@@ -256,7 +247,7 @@ class WTemplateProcessor(processor.ProcessorABC):
             pt,
             storage=hist.storage.Weight(),
         )
-        syst = self._syst_hist(kind == "signal", [])
+        syst = syst_histogram(self.config, kind == "signal", [])
         return Accumulator(
             {
                 dataset: Accumulator(
@@ -524,7 +515,7 @@ class WTemplateProcessor(processor.ProcessorABC):
         # for the signal split) histogram each time. Variations that the registry does not fill for this kind
         # of dataset are left out.
         fills = [f for f in fills if f[0] == NOMINAL or SYSTEMATICS.resolve(f[0]).systematic.filled_for(kind)]
-        h = self._syst_hist(kind == "signal", [f[0] for f in fills])
+        h = syst_histogram(self.config, kind == "signal", [f[0] for f in fills])
         for name, coords, weight in fills:
             h.fill(syst=name, **coords, weight=weight)
         return h

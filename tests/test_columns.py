@@ -186,3 +186,19 @@ def test_jet_calibration_columns_and_unchanged_outputs(tmp_path: Path) -> None:
     assert list(got.axes["syst"]) == list(want.axes["syst"])
     np.testing.assert_array_equal(got.values(flow=True), want.values(flow=True))
     np.testing.assert_array_equal(got.variances(flow=True), want.variances(flow=True))
+
+
+def test_a_chunk_added_twice_and_an_unwritable_path_are_refused(tmp_path: Path) -> None:
+    from wfit.columns import ColumnChunks
+
+    entry = {"pt": [30.0], "eta": [0.1], "charge": [1], "mt": [60.0], "iso": [0.01], "component": [0],
+             "fac": [1.0], "w": [1.0], "ratios": {}, "mt_variations": {}}  # fmt: skip
+    chunk = ColumnChunks.from_chunk({"filename": "a.root", "entrystart": 0}, {"nominal": entry})
+    with pytest.raises(ColumnsError, match=r"\('a.root', 0\).*added twice"):
+        (chunk + chunk).tables()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    out = {"W": {"columns": chunk, "kind": {"mc"}, "sumw_sign": 1.0}}
+    with pytest.raises(OSError, match="not-a-folder"):
+        write_columns(blocker / "c.h5", out, STANDARD)
+    assert blocker.read_text() == ""

@@ -253,12 +253,32 @@ def test_comparison_gradient_finds_an_injected_pt_slope(columns: str) -> None:
         assert g_slope[2] != 0.0  # the pT threshold moves the fitted slope
 
 
+def test_bad_arguments_are_refused_by_name(model: CutModel) -> None:
+    """A NaN or missing threshold, a zero or infinite width, an unknown POI or kernel: an error that names it."""
+    for cuts in ([40.0, math.nan, 26.0], [40.0, 0.15], Cuts(math.inf, 0.15, 26.0)):
+        with pytest.raises(ValueError, match=r"cuts must be 3 finite thresholds \('mt_min', 'iso_max', 'pt_min'\)"):
+            model.value_and_gradient(cuts, POI)
+    for widths in ((1.0, 0.0, 0.5), (1.0, math.inf, 0.5), (1.0,)):
+        with pytest.raises(ValueError, match="widths must be 3 finite numbers > 0"):
+            model.expected_uncertainty(CUTS, POI, widths)
+    with pytest.raises(KeyError, match="'Wplus_y2_l' is not a POI.*Wplus_y2_L"):
+        model.expected_uncertainty(CUTS, "Wplus_y2_l")
+    with pytest.raises(ValueError, match="kind='tanh'"):
+        CutModel(model.columns, SAMPLES, lumi=1.0, kind="tanh")
+
+
 # ---------------------------------------------------------------------- cluster placement
 def test_the_gradient_runs_where_the_fit_runs(columns: str, model: CutModel, dask_client: Any) -> None:
     from wfit.pipeline import NoGPUWorkerError, cut_gradient_on_cluster
 
     with pytest.raises(NoGPUWorkerError, match="allow_cpu=True"):
         cut_gradient_on_cluster(dask_client, columns, SAMPLES, CUTS, POI, lumi=1.0)
+    # Checked on the client, before anything is submitted.
+    with pytest.raises(FileNotFoundError, match="no event-columns file .*nope.h5"):
+        cut_gradient_on_cluster(dask_client, "nope.h5", SAMPLES, CUTS, POI, lumi=1.0, allow_cpu=True)
+    with pytest.raises(ValueError, match="widths must be 3 finite numbers > 0"):
+        cut_gradient_on_cluster(dask_client, columns, SAMPLES, CUTS, POI, lumi=1.0, widths=(1.0, -1.0, 1.0),
+                                allow_cpu=True)  # fmt: skip
     out = cut_gradient_on_cluster(dask_client, columns, SAMPLES, CUTS, POI, lumi=1.0, allow_cpu=True)
     value, grad = model.value_and_gradient(CUTS, POI)
     assert out["device"] == "/CPU:0" and out["worker"] in dask_client.scheduler_info()["workers"]

@@ -10,6 +10,7 @@ import pytest
 
 from wfit.processors import SYSTEMATICS, Sample, TemplateConfig, UnknownVariationError, WTemplateProcessor
 from wfit.processors import build_workspace as build
+from wfit.processors.processor import syst_histogram
 from wfit.processors.systematics import NOMINAL, Registry, Systematic, pdf_variations, qcd_scale_variations
 
 
@@ -18,7 +19,7 @@ def _output(names: list[str]) -> dict:
     proc = WTemplateProcessor(TemplateConfig(eta_bins=(4, -2.4, 2.4), pt_bins=(2, 26.0, 56.0), eff_groups=2))
     out = proc.empty_output("dy", "mc")
     res = out["dy"]
-    h = proc._syst_hist(False, [NOMINAL, *names])
+    h = syst_histogram(proc.config, False, [NOMINAL, *names])
     for name in (NOMINAL, *names):
         h.fill(syst=name, component=0, charge=1, eta=0.3, pt=30.0, weight=2.0)
     res["templates_syst"] = h

@@ -497,9 +497,8 @@ def _cut_gradient_task(
             f"worker {worker.address}: no event-columns file {columns!r}; it must be on storage that the client "
             "and the workers share"
         )
-    widths = options.pop("widths")
-    model = CutModel(columns, samples, **options)
-    value, grad = model.value_and_gradient(cuts, target, widths)
+    model = CutModel(columns, samples, **{k: v for k, v in options.items() if k != "widths"})
+    value, grad = model.value_and_gradient(cuts, target, options["widths"])
     return {"sigma": value, "gradient": grad.tolist(), "device": model.device, "worker": worker.address}
 
 
@@ -525,17 +524,24 @@ def cut_gradient_on_cluster(
 
     Raises:
         NoGPUWorkerError: No worker declares ``GPU`` and ``allow_cpu`` is false.
+        FileNotFoundError: No columns file at ``columns`` (checked here, before anything is submitted).
+        ValueError: Cuts or widths that are not 3 finite numbers (widths > 0), checked here.
     """
-    from wfit.fitter.cutopt import DEFAULT_WIDTHS, Cuts
+    from wfit.fitter.cuts import DEFAULT_WIDTHS, cut_vector, width_vector
 
-    x = cuts.array() if isinstance(cuts, Cuts) else [float(v) for v in cuts]
+    path = os.path.abspath(os.fspath(columns))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"cut_gradient_on_cluster: no event-columns file {path}; write it with "
+                                "wfit.columns.write_columns on storage that the workers share")  # fmt: skip
+    x = cut_vector(cuts)
+    w = width_vector(DEFAULT_WIDTHS if widths is None else widths)
     submit = _placement(client, allow_cpu)
-    opts = {"lumi": lumi, "widths": list(DEFAULT_WIDTHS if widths is None else widths), **options}
+    opts = {"lumi": lumi, "widths": w.tolist(), **options}
     future = client.submit(
         _cut_gradient_task,
-        os.path.abspath(os.fspath(columns)),
+        path,
         dict(samples),
-        [float(v) for v in x],
+        x.tolist(),
         target,
         opts,
         pure=False,
