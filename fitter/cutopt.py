@@ -168,8 +168,10 @@ class CutModel:
                 counts[processes[p]] += int(n)
         signals = [n for n in names if n in kind_of and counts[n] > 0]
         backgrounds = [p for p in processes if kind_of[p] == "background" and counts[p] > 0]
-        self.processes = signals + backgrounds
-        self.signals = signals
+        # As the workspace: constrained longitudinal components are processes but not POIs (TemplateConfig.is_poi).
+        pois = [n for n in signals if cfg.is_poi(n)]
+        self.processes = pois + [n for n in signals if n not in pois] + backgrounds
+        self.signals = signals = pois
         kinds = {p: kind_of[p] for p in self.processes}
         self.terms = model_terms({p: variations[p] for p in self.processes}, kinds, cfg, systematics)
         nuisances: list[str] = []
@@ -321,7 +323,8 @@ class CutModel:
         nidx = {n: i for i, n in enumerate(self.nuisances)}
         variations: list[str] = []
         triples: dict[tuple[int, int, int], int] = {}
-        masks: dict[tuple[int, int] | None, int] = {None: 0}
+        # A term's bins: None (all), or ((first, stop) flat bins of its eta group, charge index or None).
+        masks: dict[tuple[tuple[int, int], int | None] | None, int] = {None: 0}
         term_triple, term_mask, term_nuis, norm_rows, norm_nuis = [], [], [], [], []
         per_eta = self._npt * 2
         for t in self.terms:
@@ -338,14 +341,20 @@ class CutModel:
                     variations.append(v)
             key = (variations.index(t.up), -1 if t.down is None else variations.index(t.down), pidx[t.process])
             term_triple.append(triples.setdefault(key, len(triples)))
-            eta = None if t.eta is None else (t.eta.start * per_eta, t.eta.stop * per_eta)
+            eta = None if t.eta is None and t.charge is None else (
+                (0, self.nbins) if t.eta is None else (t.eta.start * per_eta, t.eta.stop * per_eta),
+                None if t.charge is None else int(t.charge > 0),  # the flat bin's charge index
+            )
             term_mask.append(masks.setdefault(eta, len(masks)))
             term_nuis.append(nidx[t.name])
         mask_rows = np.ones((len(masks), self.nbins))
-        for eta, i in masks.items():
-            if eta is not None:
+        for key, i in masks.items():
+            if key is not None:
+                (lo, hi), iq = key
                 mask_rows[i] = 0.0
-                mask_rows[i, eta[0] : eta[1]] = 1.0
+                mask_rows[i, lo:hi] = 1.0
+                if iq is not None:
+                    mask_rows[i, np.arange(self.nbins) % 2 != iq] = 0.0
         trip = np.array(list(triples), dtype=np.int64).reshape(-1, 3)
         self._ix = {
             "variations": variations,

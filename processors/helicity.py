@@ -258,12 +258,14 @@ class ComponentSplit:
             ``base + 2``).
         weights: Helicity weights ``[3, n_events]`` (L, R, 0).
         unmatched: Component index of the events without a generator W.
+        pt: Generator W pT per event (GeV; 0 without a generator W), for the QCD scale decorrelation in W pT.
     """
 
     found: np.ndarray
     base: np.ndarray
     weights: np.ndarray
     unmatched: int
+    pt: np.ndarray | None = None
 
     @classmethod
     def from_gen(cls, gen: GenW, coefficients: AngularCoefficients, config: TemplateConfig) -> ComponentSplit:
@@ -274,7 +276,7 @@ class ComponentSplit:
             np.searchsorted(np.asarray(config.absy_edges), gen.absy, side="right") - 1, 0, config.n_absy - 1
         )
         base = (np.where(gen.charge > 0, 0, 1) * config.n_absy + iy) * len(HELICITIES)
-        return cls(found=gen.found, base=base, weights=wpol, unmatched=config.unmatched_component)
+        return cls(found=gen.found, base=base, weights=wpol, unmatched=config.unmatched_component, pt=gen.pt)
 
 
 def expand_components(

@@ -78,13 +78,15 @@ from .jetcorr import JetCalibration, JetMET, jet_models_used
 from .reading import EVENT_ID_BRANCHES, event_branches, event_ids, finite_events, read_leptons, read_met
 from .selection import CUTFLOW_STEPS, Leptons, Selection, select_events
 from .systematics import NOMINAL, SYSTEMATICS, curvature_variations
-from .weights import Skip, event_weights, lepton_weights, lhe_variations, weight_branches
+from .weights import Skip, event_weights, lepton_weights, lhe_variations, ptw_bin, weight_branches
 
 __all__ = ["WTemplateProcessor"]
 
 Kind = Literal["data", "mc", "signal"]
 #: One fill of ``templates_syst``: (variation, coordinates (component, charge, eta, pt), weights).
 _Fill = tuple[str, dict[str, np.ndarray], np.ndarray]
+#: Variations that move the same few entries only: (their coordinates, nominal weights, [(variation, weights)]).
+_Partial = tuple[dict[str, np.ndarray], np.ndarray, list[tuple[str, np.ndarray]]]
 
 
 def _axes(config: TemplateConfig) -> tuple[Any, Any, Any]:
@@ -176,6 +178,12 @@ class WTemplateProcessor(processor.ProcessorABC):
         event_columns: bool = False,
     ) -> None:
         self.event_columns = bool(event_columns)
+        if self.event_columns and config is not None and config.qcd_ptw_edges is not None:
+            raise ValueError(
+                "WTemplateProcessor(event_columns=True) records per-event weight ratios, not the QCD scale "
+                "variations in W pT bins (TemplateConfig.qcd_ptw_edges): pass a config with qcd_ptw_edges=None for "
+                "the columns"
+            )
         if jet_calibration is not None and not isinstance(jet_calibration, JetCalibration):
             raise TypeError(
                 "WTemplateProcessor(jet_calibration=...) takes a wfit.processors.JetCalibration, got "
@@ -328,20 +336,23 @@ class WTemplateProcessor(processor.ProcessorABC):
         ratios: dict[str, np.ndarray] = {}
         jet_sels: list[tuple[str, Selection]] = []
         kin_rows: list[tuple[str, _Rows]] = []
+        partial: list[_Partial] = []
         if is_mc and cfg.variations:
             ratios.update(lep_vars)
             ratios.update((name, ratio[sel.mask]) for name, ratio in evt_vars.items())
             ratios.update(lhe_variations(events, sel.mask, cfg, skip))
             for name, ratio in ratios.items():
                 fills.append((name, coords, (w_sel * ratio)[r_sr] * f_sr))
+            if split is not None and cfg.qcd_ptw_edges is not None:
+                partial += self._ptw_fills(split.pt[sel.mask][r_sr], coords, w_sel, ratios, r_sr, f_sr)
             if jets is not None:
                 jet_sels = self._jet_selections(sel, jets)
                 fills += self._jet_fills(sel, jet_sels, w_sel, rep, comp, fac)
             kin_rows = self._kinematic_rows(kinematic, jets, evt_w, split)
             fills += self._kinematic_fills(kin_rows)
-        res["templates_syst"] = self._fill_syst(kind, fills)
+        res["templates_syst"] = self._fill_syst(kind, fills, partial)
         if self.event_columns:
-            kept = {f[0] for f in fills if f[0] != NOMINAL and SYSTEMATICS.resolve(f[0]).systematic.filled_for(kind)}
+            kept = {f[0] for f in fills + partial if f[0] != NOMINAL and SYSTEMATICS.resolve(f[0]).systematic.filled_for(kind)}
             nominal = _Rows(sel, rep, comp, fac, w_sel)
             res["columns"] = ColumnChunks.from_chunk(
                 events.metadata,
@@ -510,14 +521,69 @@ class WTemplateProcessor(processor.ProcessorABC):
             fills.append((name, vcoords, vw[r2] * vfac[keep]))
         return fills
 
-    def _fill_syst(self, kind: Kind, fills: list[_Fill]) -> hist.Hist:
+    def _ptw_fills(
+        self,
+        ptw: np.ndarray,
+        coords: dict[str, np.ndarray],
+        w_sel: np.ndarray,
+        ratios: Mapping[str, np.ndarray],
+        r_sr: np.ndarray,
+        f_sr: np.ndarray,
+    ) -> list[_Partial]:
+        """The QCD scale variations in each generator W pT bin (``QCDscale_*_ptW{b}``), as partial fills: the
+        entries of bin ``b`` with their nominal weights and with each scale variation's."""
+        edges = self.config.qcd_ptw_edges
+        assert edges is not None
+        scales = [(name, SYSTEMATICS.resolve(name)) for name in ratios]
+        scales = [(name, v) for name, v in scales if v.systematic.name in self.config.qcd_scale_pairs]
+        if not scales:
+            return []
+        ib = ptw_bin(ptw, edges)
+        order = np.argsort(ib, kind="stable")
+        bounds = np.searchsorted(ib[order], np.arange(len(edges) + 1))
+        w_nom = w_sel[r_sr] * f_sr
+        out: list[_Partial] = []
+        for b in range(len(edges)):
+            idx = order[bounds[b] : bounds[b + 1]]
+            sub = {k: v[idx] for k, v in coords.items()}
+            varied = []
+            for name, v in scales:
+                family = SYSTEMATICS[f"{v.systematic.name}_ptW{{index}}"]
+                varied.append((family.histogram(v.shift, index=b), (w_sel * ratios[name])[r_sr][idx] * f_sr[idx]))
+            out.append((sub, w_nom[idx], varied))
+        return out
+
+    def _fill_syst(self, kind: Kind, fills: list[_Fill], partial: list[_Partial] = ()) -> hist.Hist:  # type: ignore[assignment]
         # Book all categories at once: growing a StrCategory one name at a time reallocates the whole (large,
         # for the signal split) histogram each time. Variations that the registry does not fill for this kind
         # of dataset are left out.
-        fills = [f for f in fills if f[0] == NOMINAL or SYSTEMATICS.resolve(f[0]).systematic.filled_for(kind)]
-        h = syst_histogram(self.config, kind == "signal", [f[0] for f in fills])
+        def filled(name: str) -> bool:
+            return name == NOMINAL or SYSTEMATICS.resolve(name).systematic.filled_for(kind)
+
+        fills = [f for f in fills if filled(f[0])]
+        partial = [(c, w, [v for v in varied if filled(v[0])]) for c, w, varied in partial]
+        partial = [p for p in partial if p[2]]
+        names = [f[0] for f in fills] + [name for _, _, varied in partial for name, _ in varied]
+        h = syst_histogram(self.config, kind == "signal", names)
         for name, coords, weight in fills:
             h.fill(syst=name, **coords, weight=weight)
+        if partial:
+            # Each variation: the nominal's sums (of weights and of squared weights) less those of the entries it
+            # moves with their nominal weights, plus those with its weights: what filling every entry would give,
+            # from fills of the few entries it moves.
+            view = h.view()
+            syst_axis = h.axes["syst"]
+            nominal = view[syst_axis.index(NOMINAL)]
+            for coords, w_nominal, varied in partial:
+                work = syst_histogram(self.config, kind == "signal", [NOMINAL] + [name for name, _ in varied])
+                work.fill(syst=NOMINAL, **coords, weight=w_nominal)
+                for name, w_varied in varied:
+                    work.fill(syst=name, **coords, weight=w_varied)
+                wv = work.view()
+                for i, (name, _) in enumerate(varied, start=1):
+                    target = view[syst_axis.index(name)]
+                    for field in ("value", "variance"):
+                        target[field] = nominal[field] - wv[0][field] + wv[i][field]
         return h
 
     def postprocess(self, accumulator: Any) -> Any:

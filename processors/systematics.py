@@ -52,7 +52,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -107,18 +107,33 @@ class Systematic:
             (``TemplateConfig.signal_region``, the workspace channel; the control cells of ``templates`` hold
             the nominal weights only).
         bins: The template bins of one nuisance: ``"all"``, or ``"eta_group"`` for one nuisance
-            ``{name}_eta{g}`` per group of ``TemplateConfig.eff_group_size`` adjacent eta bins, each the
-            variation inside its group and the nominal outside.
+            ``{name}_eta{g}`` per group of adjacent eta bins (``eta_groups`` of them), each the variation inside
+            its group and the nominal outside.
+        eta_groups: The :class:`~wfit.processors.config.TemplateConfig` attribute that holds the number of eta
+            groups (``"eff_groups"``, ``"fake_eta_groups"``), or ``"eta_bins"`` for one group per template eta bin.
+        by_charge: With ``bins="eta_group"``: also one nuisance per lepton charge (``{name}_eta{g}_{plus,minus}``),
+            the variation in that charge's bins only.
+        signal_split: One nuisance per W charge and helicity of the signal components (``{name}_{Wplus,Wminus}_
+            {L,R,0}``), each applied to the components of that charge and helicity.
+        replaces: The systematic that it replaces for the processes that have its histograms (a decorrelated
+            version of it: ``QCDscale_muR_ptW{index}`` replaces ``QCDscale_muR`` for the signal components).
         description: What it varies.
+
+    The kinds: ``"weight"`` and ``"kinematic"`` are filled by the processor, ``"derived"`` are templates that the
+    workspace builder makes from others (the fake estimate's variations), ``"norm"`` has no templates.
     """
 
     name: str
-    kind: Literal["weight", "kinematic", "norm"]
+    kind: Literal["weight", "kinematic", "derived", "norm"]
     group: str
     shifts: tuple[str, ...]
     processes: Literal["all", "signal", "background", "fakes"] = "all"
     region: Literal["signal_region"] = "signal_region"
     bins: Literal["all", "eta_group"] = "all"
+    eta_groups: str = "eff_groups"
+    by_charge: bool = False
+    signal_split: bool = False
+    replaces: str | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -129,6 +144,10 @@ class Systematic:
                 f"Systematic {self.name!r}: a 'norm' systematic has no shifts, a template variation one "
                 f"(one-sided) or two (Up, Down); got kind {self.kind!r} and shifts {self.shifts}"
             )
+        if self.by_charge and self.bins != "eta_group":
+            raise ValueError(f"Systematic {self.name!r}: by_charge splits eta groups; give bins='eta_group'")
+        if self.signal_split and self.processes != "signal":
+            raise ValueError(f"Systematic {self.name!r}: signal_split is for processes='signal'")
 
     @property
     def two_sided(self) -> bool:
@@ -148,15 +167,38 @@ class Systematic:
             )
         return self.name if index is None else self.name.replace(_INDEX, str(int(index)))
 
-    def nuisance(self, index: int | None = None, eta_group: int | None = None) -> str:
-        """The workspace nuisance name of family member ``index``, of eta group ``eta_group`` for
-        ``bins="eta_group"`` (``{name}_eta{g}``; without it, the base of those names)."""
+    def nuisance(
+        self,
+        index: int | None = None,
+        eta_group: int | None = None,
+        charge: int | None = None,
+        component: str | None = None,
+    ) -> str:
+        """The workspace nuisance name of family member ``index``: of eta group ``eta_group`` for
+        ``bins="eta_group"`` (``{name}_eta{g}``), of lepton charge ``charge`` (+1, -1) for ``by_charge``
+        (``{name}_eta{g}_plus``) and of the W charge and helicity of signal ``component`` for ``signal_split``
+        (``{name}_Wplus_L``); without them, the base of those names."""
         name = self._base(index)
-        if eta_group is None:
-            return name
-        if self.bins != "eta_group":
-            raise ValueError(f"systematic {self.name!r} has bins={self.bins!r}: it has no eta groups")
-        return f"{name}_eta{int(eta_group)}"
+        if eta_group is not None:
+            if self.bins != "eta_group":
+                raise ValueError(f"systematic {self.name!r} has bins={self.bins!r}: it has no eta groups")
+            name = f"{name}_eta{int(eta_group)}"
+        if charge is not None:
+            if not self.by_charge or charge not in (1, -1):
+                raise ValueError(f"systematic {self.name!r}: charge={charge!r} needs by_charge and +1 or -1")
+            name = f"{name}_{'plus' if charge > 0 else 'minus'}"
+        if component is not None:
+            from .config import component_labels
+
+            labels = component_labels(component)
+            if not self.signal_split or labels is None:
+                raise ValueError(f"systematic {self.name!r}: no split by signal component {component!r}")
+            name = f"{name}_{labels[0]}_{labels[1]}"
+        return name
+
+    def n_eta_groups(self, config: Any) -> int:
+        """The number of eta groups of a ``bins="eta_group"`` systematic under a TemplateConfig."""
+        return int(config.eta_bins[0] if self.eta_groups == "eta_bins" else getattr(config, self.eta_groups))
 
     def histogram(self, shift: str | None = None, index: int | None = None) -> str:
         """The name of its histogram on the ``syst`` axis (``shift`` may be left out when there is one)."""
@@ -179,7 +221,7 @@ class Systematic:
     def filled_for(self, dataset: Literal["data", "mc", "signal"]) -> bool:
         """Whether the processor fills it for a dataset of this kind (a signal dataset holds signal
         components and the background of its events without a generator W)."""
-        if self.kind == "norm" or dataset == "data":
+        if self.kind in ("norm", "derived") or dataset == "data":
             return False
         if dataset == "mc":
             return self.processes in ("all", "background")
@@ -291,12 +333,27 @@ SYSTEMATICS = Registry(
             "effStat", "weight", "eff", _UP_DOWN, bins="eta_group",
             description="lepton identification x isolation scale factors at +-1 sigma",
         ),
+        Systematic(
+            "effStatPar{index}", "weight", "eff", _UP_DOWN, bins="eta_group", by_charge=True,
+            description="smooth pT mode {index} of the scale factors' uncertainty (TemplateConfig.eff_parameters)",
+        ),
         Systematic("pileup", "weight", "pileup", _UP_DOWN, description="pileup weight (minimum-bias cross section)"),
         Systematic("prefire", "weight", "prefire", _UP_DOWN, description="L1 prefiring weight"),
         Systematic("QCDscale_muR", "weight", "QCDscale", _UP_DOWN, description="renormalisation scale x2, x1/2"),
         Systematic("QCDscale_muF", "weight", "QCDscale", _UP_DOWN, description="factorisation scale x2, x1/2"),
         Systematic(
             "QCDscale_muRmuF", "weight", "QCDscale", _UP_DOWN, description="both scales x2, x1/2 together"
+        ),
+        *(
+            Systematic(
+                f"{scale}_ptW{{index}}", "weight", "QCDscale", _UP_DOWN, processes="signal", signal_split=True,
+                replaces=scale, description=f"{what} for the signal events in generator W pT bin {{index}}",
+            )
+            for scale, what in (
+                ("QCDscale_muR", "renormalisation scale"),
+                ("QCDscale_muF", "factorisation scale"),
+                ("QCDscale_muRmuF", "both scales"),
+            )
         ),
         Systematic("pdf{index}", "weight", "pdf", ("",), description="Hessian PDF member / member 0"),
         Systematic(
@@ -307,6 +364,10 @@ SYSTEMATICS = Registry(
             "muonResolution_eta{index}", "kinematic", "muon", ("Up",),
             description="extra muon curvature smearing in |eta| region {index}",
         ),
+        Systematic(
+            "muonScaleStat", "kinematic", "muon", _UP_DOWN, bins="eta_group", eta_groups="eta_bins", by_charge=True,
+            description="statistical muon curvature scale (CurvatureVariation.stat_scale), per eta bin and charge",
+        ),
         Systematic("jetCalib", "kinematic", "jet", _UP_DOWN, description="DNN jet correction x (1 +- variation)"),
         Systematic(
             "jetReso", "kinematic", "jet", _UP_DOWN,
@@ -314,6 +375,23 @@ SYSTEMATICS = Registry(
         ),
         Systematic("lumi", "norm", "lumi", (), description="integrated luminosity (TemplateConfig.lumi_uncertainty)"),
         Systematic("fakeNorm", "norm", "fakes", (), processes="fakes", description="fake estimate normalisation"),
+        Systematic(
+            "fakeNormEta", "derived", "fakes", _UP_DOWN, processes="fakes", bins="eta_group",
+            eta_groups="fake_eta_groups", by_charge=True,
+            description="fake normalisation per eta group and charge (TemplateConfig.fake_norm_uncertainty)",
+        ),
+        Systematic(
+            "fakeShape", "derived", "fakes", _UP_DOWN, processes="fakes",
+            description="linear pT tilt of the fake estimate (TemplateConfig.fake_shape_uncertainty)",
+        ),
+        Systematic(
+            "fakeShapeEta", "derived", "fakes", _UP_DOWN, processes="fakes", bins="eta_group",
+            eta_groups="fake_eta_groups", description="linear pT tilt of the fake estimate per eta group",
+        ),
+        Systematic(
+            "longitudinal", "norm", "longitudinal", (), processes="signal",
+            description="each longitudinal signal component within TemplateConfig.longitudinal_uncertainty",
+        ),
     ]
 )  # fmt: skip
 
@@ -438,6 +516,13 @@ def curvature_variations(
                 normal = deterministic_normal(seed, *(ids[evt] for ids in event_ids()), position)
             pt, q = smear_curvature(muons.pt, muons.charge, region, resolutions[r], normal)
             yield (resolution_var.histogram(index=r), muons.with_pt(pt, q), *with_met(pt))
+    if curvature.stat_scale > 0:
+        # Every muon at once: the workspace takes each nuisance's change from the events whose selected muon is in
+        # its eta bin and charge (the other muons of an event only enter its veto and its MET).
+        stat_var, everywhere = SYSTEMATICS["muonScaleStat"], np.ones(len(abseta), dtype=bool)
+        for shift, s in (("Up", curvature.stat_scale), ("Down", -curvature.stat_scale)):
+            pt = scale_curvature(muons.pt, everywhere, s)
+            yield (stat_var.histogram(shift), muons.with_pt(pt), *with_met(pt))
 
 
 def qcd_scale_variations(lhe_scale: np.ndarray, pairs: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:

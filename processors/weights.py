@@ -35,7 +35,15 @@ from .reading import jagged_matrix
 from .selection import Selection
 from .systematics import SYSTEMATICS, pdf_variations, qcd_scale_variations
 
-__all__ = ["Skip", "event_weights", "lepton_weights", "lhe_variations", "weight_branches"]
+__all__ = [
+    "Skip",
+    "event_weights",
+    "lepton_weights",
+    "lhe_variations",
+    "ptw_bin",
+    "smooth_modes",
+    "weight_branches",
+]
 
 #: ``skip(variation, reason)``: records that a variation could not be filled and why.
 Skip = Callable[[str, str], None]
@@ -173,7 +181,34 @@ def lepton_weights(
         return nom, {}
     up = np.asarray(corr.evaluate(sel.eta, sel.pt, "up"), dtype=np.float64)
     down = np.asarray(corr.evaluate(sel.eta, sel.pt, "down"), dtype=np.float64)
-    return nom, _ratios("effStat", nom, up, down)
+    if not config.eff_parameters:
+        return nom, _ratios("effStat", nom, up, down)
+    return nom, _smooth_modes(nom, up, down, sel.pt, config)
+
+
+def smooth_modes(pt: np.ndarray, config: TemplateConfig) -> np.ndarray:
+    """The efficiency's pT modes ``[eff_parameters, n]``: Legendre polynomials of degree 0, 1, 2 of pT mapped onto
+    [-1, 1] over the template pT range (clipped outside it), divided by their root sum of squares, so that the
+    squares of the modes add up to one at every pT."""
+    _, lo, hi = config.pt_bins
+    x = np.clip(2.0 * (np.asarray(pt, dtype=np.float64) - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+    legendre = np.stack([np.ones_like(x), x, 0.5 * (3.0 * x * x - 1.0)])[: config.eff_parameters]
+    return legendre / np.sqrt(np.sum(legendre**2, axis=0))
+
+
+def _smooth_modes(
+    nom: np.ndarray, up: np.ndarray, down: np.ndarray, pt: np.ndarray, config: TemplateConfig
+) -> dict[str, np.ndarray]:
+    """``effStatPar{k}{Up,Down}``: the relative scale-factor uncertainty (up and down) times mode k."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_up = np.where(nom != 0, up / nom - 1.0, 0.0)
+        rel_down = np.where(nom != 0, 1.0 - down / nom, 0.0)
+    syst = SYSTEMATICS["effStatPar{index}"]
+    out: dict[str, np.ndarray] = {}
+    for k, mode in enumerate(smooth_modes(pt, config)):
+        out[syst.histogram("Up", index=k)] = 1.0 + rel_up * mode
+        out[syst.histogram("Down", index=k)] = 1.0 - rel_down * mode
+    return out
 
 
 def lhe_variations(events: Any, mask: np.ndarray, config: TemplateConfig, skip: Skip) -> dict[str, np.ndarray]:
@@ -195,3 +230,9 @@ def lhe_variations(events: Any, mask: np.ndarray, config: TemplateConfig, skip: 
         elif mat.shape[0]:
             out.update(pdf_variations(mat))
     return out
+
+
+def ptw_bin(ptw: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """The W pT bin of each event: ``b`` for ``edges[b] <= pT < edges[b + 1]``, the last bin an overflow."""
+    return np.clip(np.searchsorted(np.asarray(edges), ptw, side="right") - 1, 0, len(edges) - 1)
+

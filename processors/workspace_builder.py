@@ -21,7 +21,13 @@ sign(genWeight); see :mod:`wfit.processors.processor`). Systematics, each read t
 * ``X`` from ``XUp``/``XDown`` pairs; ``pdf{i}`` and ``muonResolution_eta{r}`` (one-sided) mirrored;
 * ``jetCalib``: the DNN jet calibration's ``jetCalibUp``/``jetCalibDown`` (group ``jet``; with a
   :class:`~wfit.processors.jetcorr.JetCalibration` in the processor);
-* ``fakeNorm``: lnN 1.3 on the fake estimate.
+* ``fakeNorm``: lnN 1.3 on the fake estimate;
+* with :meth:`TemplateConfig.with_full_model` (the analysis's model, README): ``effStatPar{k}_eta{i}_{plus,minus}``
+  (smooth pT modes of the efficiencies per eta bin and charge), ``QCDscale_*_ptW{b}_{Wplus,Wminus}_{L,R,0}`` (the
+  signal's QCD scales per generator W pT bin, W charge and helicity; the undecorrelated ones stay on the
+  backgrounds), ``muonScaleStat_eta{i}_{plus,minus}``, ``fakeNormEta``/``fakeShape``/``fakeShapeEta`` on the fake
+  estimate (:func:`fake_variations`) and ``longitudinal_W{plus,minus}_y{i}`` (the helicity-0 components constrained,
+  not POIs).
 
 A variation on the ``syst`` axis that the registry does not declare is an
 :class:`~wfit.processors.systematics.UnknownVariationError` naming the dataset, the name and the declared ones.
@@ -44,10 +50,19 @@ from typing import Any, Literal
 import hist
 import numpy as np
 
-from .config import TemplateConfig
+from .config import TemplateConfig, component_labels
 from .systematics import NOMINAL, SYSTEMATICS
 
-__all__ = ["NormTerm", "Sample", "ShapeTerm", "build_workspace", "fake_estimate", "model_terms", "process_templates"]
+__all__ = [
+    "NormTerm",
+    "Sample",
+    "ShapeTerm",
+    "build_workspace",
+    "fake_estimate",
+    "fake_variations",
+    "model_terms",
+    "process_templates",
+]
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,10 @@ class Sample:
                 f"Sample({self.kind!r}).xsec{name} must be a finite cross section > 0 pb, got {self.xsec!r}; "
                 "leave a process that does not contribute out of samples"
             )
+
+
+#: Above this size in bytes of the dense log(kappa) tensor, build_workspace writes the sparse layout.
+_DENSE_LIMIT = 256 * 2**20
 
 
 def _finite_positive(value: Any) -> bool:
@@ -227,8 +246,8 @@ def fake_estimate(
 @dataclass(frozen=True)
 class ShapeTerm:
     """One shape systematic of one process: the nuisance ``name`` moves ``process`` from its nominal template
-    to the ``up`` (and ``down``; None: mirrored) variation, inside the eta bins ``eta`` only (None: all bins;
-    outside them the variation is the nominal)."""
+    to the ``up`` (and ``down``; None: mirrored) variation, inside the eta bins ``eta`` only (None: all bins) and
+    the bins of lepton charge ``charge`` only (+1 or -1; None: both); outside them the variation is the nominal."""
 
     name: str
     process: str
@@ -236,6 +255,7 @@ class ShapeTerm:
     down: str | None
     group: str
     eta: slice | None = None
+    charge: int | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +266,30 @@ class NormTerm:
     processes: tuple[str, ...]
     kappa: float
     group: str
+
+
+def fake_variations(fake: hist.Hist, config: TemplateConfig) -> dict[str, hist.Hist]:
+    """The fake estimate and the variations that its model needs (:func:`model_terms`): ``fakeNormEta{Up,Down}``
+    (x and / by ``1 + fake_norm_uncertainty``), ``fakeShape{Up,Down}`` and ``fakeShapeEta{Up,Down}`` (x ``1 +- u
+    x``, ``x`` the template pT mapped onto [-1, 1] at the bin centres, ``u = fake_shape_uncertainty``)."""
+    out = {NOMINAL: fake}
+    if config.fake_eta_groups and config.fake_norm_uncertainty > 0:
+        k = 1.0 + config.fake_norm_uncertainty
+        for shift, factor in (("Up", k), ("Down", 1.0 / k)):
+            out[SYSTEMATICS["fakeNormEta"].histogram(shift)] = fake * factor
+    if config.fake_shape_uncertainty > 0:
+        centres = np.asarray(fake.axes["pt"].centers)
+        _, lo, hi = config.pt_bins
+        x = np.clip(2.0 * (centres - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+        names = ["fakeShape"] + (["fakeShapeEta"] if config.fake_eta_groups else [])
+        for shift, sign in (("Up", 1.0), ("Down", -1.0)):
+            varied = fake.copy()
+            factor = (1.0 + sign * config.fake_shape_uncertainty * x)[None, :, None]  # axes (eta, pt, charge)
+            varied.view().value[...] = fake.values() * factor
+            varied.view().variance[...] = fake.variances() * factor**2
+            for name in names:
+                out[SYSTEMATICS[name].histogram(shift)] = varied
+    return out
 
 
 def model_terms(
@@ -259,52 +303,94 @@ def model_terms(
     of which process. The one definition of the model, written by :func:`build_workspace` and evaluated as a
     differentiable function of the cuts by :mod:`wfit.fitter.cutopt`.
 
+    Per process, a declared systematic (:data:`~wfit.processors.systematics.SYSTEMATICS`) whose histograms the
+    process has and whose ``processes`` match its kind gives: one nuisance (``bins="all"``); one per eta group
+    (and charge) of the variation restricted to its bins (``bins="eta_group"``, after the others); for a signal
+    component, one per W charge and helicity (``signal_split``). A systematic that another one ``replaces`` for a
+    process (``QCDscale_muR`` by ``QCDscale_muR_ptW{b}``) is left out for it. Then the normalisations: the
+    longitudinal components' constraints (``config.longitudinal_uncertainty``) and ``lumi``.
+
     Args:
         variations: Per process, the names of its variations (``"nominal"`` among them).
         kinds: Per process (signals and MC backgrounds, in the workspace's order), its kind.
-        config: The processor's configuration (eta groups, luminosity uncertainty).
+        config: The processor's configuration (eta groups, uncertainties of the model).
         systematics: As :func:`build_workspace`'s.
-        fakes: Whether the model has the data-driven ``Fakes`` process (its ``fakeNorm``).
+        fakes: Whether the model has the data-driven ``Fakes`` process: its ``fakeNorm`` and, as ``config`` says,
+            the terms of :func:`fake_variations`.
 
     Example:
         >>> terms = model_terms({"W": ["nominal", "pileupUp", "pileupDown"]}, {"W": "signal"}, TemplateConfig())
         >>> [(t.name, type(t).__name__) for t in terms]
         [('pileup', 'ShapeTerm'), ('lumi', 'NormTerm')]
     """
+    from .config import is_longitudinal
+
     keep_all = systematics is True
     groups_kept = set() if systematics is False else (None if keep_all else set(systematics))
 
     def wanted(group: str) -> bool:
         return groups_kept is None or group in groups_kept
 
+    def split(spec: Any, p: str, up: str, down: str | None, index: int | None) -> list[ShapeTerm]:
+        """The per-eta-group (and per-charge) terms of a ``bins="eta_group"`` variation."""
+        n_groups = spec.n_eta_groups(config)
+        size = config.eta_bins[0] // n_groups
+        out = []
+        for g in range(n_groups):
+            eta = slice(g * size, (g + 1) * size)
+            for q in (1, -1) if spec.by_charge else (None,):
+                name = spec.nuisance(index, eta_group=g, charge=q)
+                out.append(ShapeTerm(name, p, up, down, spec.group, eta, q))
+        return out
+
     terms: list[ShapeTerm | NormTerm] = []
     if fakes:
         fake_norm = SYSTEMATICS["fakeNorm"]
         terms.append(NormTerm(fake_norm.name, ("Fakes",), 1.3, fake_norm.group))
-    eg = config.eff_group_size
+        if wanted(fake_norm.group):
+            fake_names = set(fake_variations_names(config))
+            for name in ("fakeNormEta", "fakeShape", "fakeShapeEta"):
+                spec = SYSTEMATICS[name]
+                up, down = (spec.histogram(shift) for shift in spec.shifts)
+                if up not in fake_names:
+                    continue
+                if spec.bins == "all":
+                    terms.append(ShapeTerm(spec.nuisance(), "Fakes", up, down, spec.group))
+                else:
+                    terms += split(spec, "Fakes", up, down, None)
     for p, process_kind in kinds.items():
         names = set(variations[p])
-        for s in variations[p]:
-            if s == NOMINAL:
-                continue
-            var = SYSTEMATICS.resolve(s, where=f"process {p!r}")
+        resolved = [(s, SYSTEMATICS.resolve(s, where=f"process {p!r}")) for s in variations[p] if s != NOMINAL]
+        replaced = {v.systematic.replaces for _, v in resolved if v.systematic.applies_to(process_kind)}
+        grouped: list[tuple[int, int, ShapeTerm | None, Any]] = []
+        for s, var in resolved:
             spec = var.systematic
             # Each nuisance is booked at its first histogram; the eta-group split comes after the loop.
-            if spec.bins != "all" or var.shift != spec.shifts[0]:
+            if var.shift != spec.shifts[0] or spec.name in replaced:
                 continue
             if not wanted(spec.group) or not spec.applies_to(process_kind):
                 continue
             down = spec.histogram(spec.shifts[1], var.index) if spec.two_sided else None
-            terms.append(ShapeTerm(var.nuisance, p, s, down if down in names else None, spec.group))
-        for spec in SYSTEMATICS:
-            if spec.bins != "eta_group" or not wanted(spec.group) or not spec.applies_to(process_kind):
+            down = down if down in names else None
+            if spec.bins == "eta_group":
+                if not spec.two_sided or down is not None:  # a two-sided eta-group split needs both
+                    order = list(SYSTEMATICS).index(spec)
+                    grouped.append((order, var.index or 0, None, (spec, s, down, var.index)))
                 continue
-            up_name, down_name = (spec.histogram(shift) for shift in spec.shifts)
-            if up_name not in names or down_name not in names:
+            if spec.signal_split:
+                if component_labels(p) is None:
+                    continue
+                terms.append(ShapeTerm(spec.nuisance(var.index, component=p), p, s, down, spec.group))
                 continue
-            for g in range(config.eff_groups):
-                eta = slice(g * eg, (g + 1) * eg)
-                terms.append(ShapeTerm(spec.nuisance(eta_group=g), p, up_name, down_name, spec.group, eta))
+            terms.append(ShapeTerm(var.nuisance, p, s, down, spec.group))
+        for _, _, _, (spec, up, down, index) in sorted(grouped, key=lambda g: (g[0], g[1])):
+            terms += split(spec, p, up, down, index)
+    longitudinal = SYSTEMATICS["longitudinal"]
+    if config.longitudinal_uncertainty is not None and wanted(longitudinal.group):
+        for p, process_kind in kinds.items():
+            if process_kind == "signal" and is_longitudinal(p):
+                kappa = 1.0 + config.longitudinal_uncertainty
+                terms.append(NormTerm(f"{longitudinal.name}_{p.rsplit('_', 1)[0]}", (p,), kappa, longitudinal.group))
     lumi = SYSTEMATICS["lumi"]
     if groups_kept is None or systematics is False or lumi.group in groups_kept:
         lumi_processes = tuple(p for p, kind in kinds.items() if lumi.applies_to(kind))
@@ -312,12 +398,26 @@ def model_terms(
     return terms
 
 
-def _eta_restricted(hs: Mapping[str, hist.Hist], name: str, eta: slice | None) -> hist.Hist:
-    """The variation ``name`` inside the eta bins ``eta``, the nominal outside (the whole variation for None)."""
-    if eta is None:
+def fake_variations_names(config: TemplateConfig) -> list[str]:
+    """The histogram names that :func:`fake_variations` makes under ``config`` (``"nominal"`` first)."""
+    names = [NOMINAL]
+    if config.fake_eta_groups and config.fake_norm_uncertainty > 0:
+        names += [SYSTEMATICS["fakeNormEta"].histogram(s) for s in ("Up", "Down")]
+    if config.fake_shape_uncertainty > 0:
+        for name in ["fakeShape"] + (["fakeShapeEta"] if config.fake_eta_groups else []):
+            names += [SYSTEMATICS[name].histogram(s) for s in ("Up", "Down")]
+    return names
+
+
+def _restricted(hs: Mapping[str, hist.Hist], name: str, eta: slice | None, charge: int | None = None) -> hist.Hist:
+    """The variation ``name`` inside the eta bins ``eta`` and the bins of lepton charge ``charge``, the nominal
+    outside (the whole variation when both are None). Axes (eta, pt, charge), charge categories (-1, +1)."""
+    if eta is None and charge is None:
         return hs[name]
     out = hs[NOMINAL].copy()
-    out.view()[eta] = hs[name].view()[eta]
+    q = slice(None) if charge is None else (1 if charge > 0 else 0)
+    e = slice(None) if eta is None else eta
+    out.view()[e, :, q] = hs[name].view()[e, :, q]
     return out
 
 
@@ -332,6 +432,7 @@ def build_workspace(
     pseudo_data: Literal["asimov"] | int = "asimov",
     fakes: bool = False,
     channel: str = "mu_sr",
+    sparse: bool | None = None,
 ) -> dict[str, Any]:
     """Write a workspace from the processor output.
 
@@ -348,9 +449,12 @@ def build_workspace(
             pseudo-data.
         fakes: Add the data-driven fake estimate (needs data).
         channel: Channel name.
+        sparse: Write the sparse (COO) layout; ``None``: when the dense log(kappa) tensor would take more than
+            256 MB (a model at the analysis's size: thousands of bins and hundreds of nuisances).
 
     Returns:
-        A summary: ``signals``, ``backgrounds``, ``missing_signals`` (components without events),
+        A summary: ``signals`` (the signal components), ``pois`` (those that are POIs: all but constrained
+        longitudinal ones), ``backgrounds``, ``missing_signals`` (components without events),
         ``systematics`` and ``yields`` (expected events per process).
     """
     from wfit.workspace import WorkspaceWriter
@@ -367,27 +471,34 @@ def build_workspace(
     fake_hist = fake_estimate(output, samples, cfg, lumi) if fakes else None
 
     any_hist = next(iter(templates.values()))[NOMINAL]
-    w = WorkspaceWriter()
+    if fake_hist is not None:
+        templates["Fakes"] = fake_variations(fake_hist, cfg)
+    kinds: dict[str, Literal["signal", "background"]] = {p: "signal" for p in signals}
+    kinds.update((b, "background") for b in backgrounds)
+    variations = {p: list(templates[p]) for p in kinds}
+    terms = model_terms(variations, kinds, cfg, systematics, fakes=fake_hist is not None)
+    if sparse is None:
+        n_proc = len(kinds) + (fake_hist is not None)
+        sparse = any_hist.size * n_proc * 2 * len({t.name for t in terms}) * 8 > _DENSE_LIMIT
+    w = WorkspaceWriter(sparse=sparse)
     w.add_channel(channel, list(any_hist.axes))
     yields: dict[str, float] = {}
     for p in signals + backgrounds:
-        w.add_process(p, channel, templates[p][NOMINAL], signal=p in signals)
+        # A constrained longitudinal component is a process of the fit, not a POI (TemplateConfig.is_poi).
+        w.add_process(p, channel, templates[p][NOMINAL], signal=p in signals and cfg.is_poi(p))
         yields[p] = float(templates[p][NOMINAL].sum().value)
     if fake_hist is not None:
         w.add_process("Fakes", channel, fake_hist)
         yields["Fakes"] = float(fake_hist.sum().value)
 
-    kinds: dict[str, Literal["signal", "background"]] = {p: "signal" for p in signals}
-    kinds.update((b, "background") for b in backgrounds)
     booked: set[str] = set()
-    variations = {p: list(templates[p]) for p in kinds}
-    for term in model_terms(variations, kinds, cfg, systematics, fakes=fake_hist is not None):
+    for term in terms:
         if isinstance(term, NormTerm):
             w.add_norm_systematic(term.name, list(term.processes), channel, term.kappa, groups=[term.group])
         else:
             hs = templates[term.process]
-            up = _eta_restricted(hs, term.up, term.eta)
-            down = None if term.down is None else _eta_restricted(hs, term.down, term.eta)
+            up = _restricted(hs, term.up, term.eta, term.charge)
+            down = None if term.down is None else _restricted(hs, term.down, term.eta, term.charge)
             w.add_shape_systematic(term.name, term.process, channel, up, down, groups=[term.group])
         booked.add(term.name)
 
@@ -413,6 +524,7 @@ def build_workspace(
     w.write(path)
     return {
         "signals": signals,
+        "pois": [p for p in signals if cfg.is_poi(p)],
         "backgrounds": backgrounds + (["Fakes"] if fake_hist is not None else []),
         "missing_signals": missing,
         "systematics": sorted(booked),

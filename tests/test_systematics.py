@@ -71,7 +71,9 @@ def test_histogram_names_and_resolution_are_inverse() -> None:
                 v = SYSTEMATICS.resolve(name)
                 assert (v.systematic, v.shift, v.index) == (s, shift, index)
                 assert v.nuisance == s.nuisance(index)
-    assert len(seen) == 16 + 4 * 3  # 16 fixed names (jetReso{Up,Down} included), 4 family shifts at 3 indices
+    # 24 fixed names (jetReso, muonScaleStat and the fakes' three derived pairs included); 12 family shifts (pdf,
+    # muonScale x 2, muonResolution, effStatPar x 2, three QCD scales in W pT bins x 2) at 3 indices.
+    assert len(seen) == 24 + 12 * 3
     for bad in ("pdf01", "pdf1Up", "muonResolution_eta0Down", "lumi", "effStat", "jetCalib_Up", NOMINAL):
         with pytest.raises(UnknownVariationError, match=repr(bad)):
             SYSTEMATICS.resolve(bad)
@@ -101,6 +103,8 @@ def test_declarations_are_checked() -> None:
         Registry([Systematic("aUp", "weight", "g", ("",)), Systematic("a", "weight", "g", ("Up", "Down"))])
     with pytest.raises(ValueError, match="no shifts"):
         Systematic("n", "norm", "g", ("Up",))
-    assert SYSTEMATICS.groups == ("eff", "pileup", "prefire", "QCDscale", "pdf", "muon", "jet", "lumi", "fakes")
+    assert SYSTEMATICS.groups == (
+        "eff", "pileup", "prefire", "QCDscale", "pdf", "muon", "jet", "lumi", "fakes", "longitudinal"
+    )  # fmt: skip
     assert SYSTEMATICS["fakeNorm"].applies_to("fakes") and not SYSTEMATICS["lumi"].applies_to("fakes")
     assert not SYSTEMATICS["pileup"].filled_for("data") and SYSTEMATICS["pileup"].filled_for("mc")

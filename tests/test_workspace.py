@@ -243,3 +243,21 @@ def test_compressed_workspace_reads_back_identical(tmp_path, compression):
     with pytest.raises(WorkspaceError, match="compression='bzip9' is not known; choose one of gzip, blosc2"):
         write_wfit(m, str(tmp_path / "x.hdf5"), compression="bzip9")
     assert not (tmp_path / "x.hdf5").exists()
+
+
+@pytest.mark.parametrize("asymmetric", [True, False])
+def test_sparse_file_holds_the_dense_files_arrays(tmp_path, asymmetric) -> None:
+    # The sparse writer builds its COO entries from the booked terms, without the dense tensor; the dense file of
+    # the same model is the reference.
+    from tests.builders import build_random_model, write_wfit
+
+    m = build_random_model(31, nbins=(7, 5), nshape=5, asymmetric=asymmetric)
+    write_wfit(m, str(tmp_path / "dense.hdf5"))
+    write_wfit(m, str(tmp_path / "sparse.hdf5"), sparse=True)
+    dense, sparse = read_workspace(tmp_path / "dense.hdf5"), read_workspace(tmp_path / "sparse.hdf5")
+    assert dense.symmetric == sparse.symmetric == (not asymmetric)
+    np.testing.assert_array_equal(sparse.norm, dense.norm)
+    np.testing.assert_array_equal(sparse.logk_avg, dense.logk_avg)
+    if asymmetric:
+        np.testing.assert_array_equal(sparse.logk_halfdiff, dense.logk_halfdiff)
+    assert np.count_nonzero(dense.logk_avg) > 0

@@ -75,7 +75,8 @@ TABLE_COLUMNS: dict[str, Any] = {
     "w": np.float64,
 }
 _MATRICES = ("ratios", "mt_variations")
-#: The TemplateConfig fields recorded in the file (binning, cuts and components).
+#: The TemplateConfig fields recorded in the file (binning, cuts, components and the parts of the model that decide
+#: its nuisances and POIs; a file without the later ones has their defaults).
 _CONFIG_FIELDS = (
     "channel",
     "eta_bins",
@@ -84,7 +85,9 @@ _CONFIG_FIELDS = (
     "lepton_pt_min",
     "absy_edges",
     "eff_groups",
+    "eff_parameters",
     "lumi_uncertainty",
+    "longitudinal_uncertainty",
 )
 
 

@@ -70,9 +70,16 @@ def write_flat(f: h5py.Group, name: str, arr: np.ndarray, level: int, compressio
 
 
 def write_sparse(
-    f: h5py.File, norm: np.ndarray, logk: np.ndarray, symmetric: bool, level: int, compression: str = "gzip"
+    f: h5py.File,
+    norm: np.ndarray,
+    logk: np.ndarray | tuple[np.ndarray, np.ndarray, int],
+    symmetric: bool,
+    level: int,
+    compression: str = "gzip",
 ) -> None:
-    """Write ``hnorm_sparse`` and ``hlogk_sparse`` (rabbit's COO layout) from the dense arrays."""
+    """Write ``hnorm_sparse`` and ``hlogk_sparse`` (rabbit's COO layout) from the dense norm and either the dense
+    logk or its COO entries ``(indices [n, 2], values, columns)`` over ``[nnz(norm), columns]`` (``columns``:
+    nsyst, or 2 nsyst when asymmetric) in row-major order."""
     # norm as COO over [nbinsfull, nproc]; logk as COO over [nnz(norm), nsyst] (or [nnz(norm), 2 nsyst])
     # whose first index points into the norm entries.
     nz = np.nonzero(norm)
@@ -81,12 +88,16 @@ def write_sparse(
     write_flat(g, "indices", nidx, level, compression)
     write_flat(g, "values", norm[nz], level, compression)
     g.attrs["dense_shape"] = np.array(norm.shape, dtype=np.int64)
-    lk = logk[nz].reshape(len(nidx), -1)
-    lnz = np.nonzero(lk)
+    if isinstance(logk, tuple):
+        lidx, lvalues, ncols = logk
+    else:
+        lk = logk[nz].reshape(len(nidx), -1)
+        lnz = np.nonzero(lk)
+        lidx, lvalues, ncols = np.stack(lnz, axis=-1).astype(np.int64), lk[lnz], lk.shape[1]
     g = f.create_group("hlogk_sparse")
-    write_flat(g, "indices", np.stack(lnz, axis=-1).astype(np.int64), level, compression)
-    write_flat(g, "values", lk[lnz], level, compression)
-    g.attrs["dense_shape"] = np.array(lk.shape, dtype=np.int64)
+    write_flat(g, "indices", np.asarray(lidx, dtype=np.int64).reshape(-1, 2), level, compression)
+    write_flat(g, "values", np.asarray(lvalues, dtype=np.float64), level, compression)
+    g.attrs["dense_shape"] = np.array((len(nidx), int(ncols)), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------- reading

@@ -430,7 +430,10 @@ class WorkspaceWriter:
 
         norm = np.zeros((nbinsfull, nproc))
         sumw2 = np.zeros((nbinsfull, nproc))
-        logk = np.zeros((nbinsfull, nproc, nsyst) if symmetric else (nbinsfull, nproc, 2, nsyst))
+        # A sparse file is written from the entries themselves: the dense tensor of a large model (thousands of
+        # bins, processes and nuisances) would not fit in memory.
+        logk = None if self.sparse else np.zeros((nbinsfull, nproc, nsyst) if symmetric else (nbinsfull, nproc, 2, nsyst))
+        entries: list[tuple[np.ndarray, int, int, np.ndarray, np.ndarray | None]] = []
         data = np.zeros(nbins)
         pseudo = np.zeros((nbins, len(self._pseudodata)))
         meta_channels = []
@@ -451,7 +454,9 @@ class WorkspaceWriter:
                 norm[start:stop, iproc[p]] = arr
                 sumw2[start:stop, iproc[p]] = ch.sumw2[p]
                 for s, (avg, half) in ch.logk[p].items():
-                    if symmetric:
+                    if logk is None:
+                        entries.append((np.arange(start, stop), iproc[p], isyst[s], avg, half))
+                    elif symmetric:
                         logk[start:stop, iproc[p], isyst[s]] = avg
                     else:
                         logk[start:stop, iproc[p], 0, isyst[s]] = avg
@@ -501,7 +506,7 @@ class WorkspaceWriter:
             write_flat(f, "hsumw", norm, lvl, comp)
             write_flat(f, "hsumw2", sumw2, lvl, comp)
             if self.sparse:
-                write_sparse(f, norm, logk, symmetric, lvl, comp)
+                write_sparse(f, norm, _coo_logk(norm, entries, nsyst, symmetric), symmetric, lvl, comp)
             else:
                 write_flat(f, "hnorm", norm, lvl, comp)
                 write_flat(f, "hlogk", logk, lvl, comp)
@@ -514,3 +519,31 @@ class WorkspaceWriter:
 def _check_kappa(name: str, process: str, k: float) -> None:
     if not (np.isfinite(k) and k > 0):
         raise WorkspaceError(f"lnN {name!r} for {process!r}: kappa must be a positive finite number, got {k}")
+
+
+def _coo_logk(
+    norm: np.ndarray,
+    entries: list[tuple[np.ndarray, int, int, np.ndarray, np.ndarray | None]],
+    nsyst: int,
+    symmetric: bool,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """rabbit's ``hlogk_sparse`` entries, ``(indices [n, 2], values, columns)`` over ``[nnz(norm), (2) nsyst]`` in row-major
+    order, from ``(bins, process, systematic, avg, halfdiff)`` per process and systematic of a channel."""
+    nz_bin, nz_proc = np.nonzero(norm)
+    position = np.full(norm.shape, -1, dtype=np.int64)
+    position[nz_bin, nz_proc] = np.arange(len(nz_bin))
+    rows, cols, values = [], [], []
+    for bins, proc, syst, avg, half in entries:
+        for part, arr in ((0, avg), (1, half)):
+            if arr is None:
+                continue
+            keep = (arr != 0.0) & (position[bins, proc] >= 0)
+            rows.append(position[bins[keep], proc])
+            cols.append(np.full(int(keep.sum()), syst + (0 if symmetric else part * nsyst), dtype=np.int64))
+            values.append(arr[keep])
+    ncols = nsyst if symmetric else 2 * nsyst
+    if not rows:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0), ncols
+    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
+    order = np.lexsort((c, r))
+    return np.stack([r[order], c[order]], axis=-1), v[order], ncols
