@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
+    from wfit.fitter.measurement import QUANTITIES, Measurement, plot_measurement
     from wfit.fitter.plots import plot_pulls
     from wfit.pipeline import local_chain_cluster, process_on_cluster, run_chain
     from wfit.plots import plot_templates
@@ -136,9 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         moments = process_on_cluster(client, {"W": files["W"]}, AngularCoefficientsProcessor(cfg))
         coefficients = AngularCoefficients.from_moments(moments["W"]["moments"])
         processor = WTemplateProcessor(cfg, signal_datasets={"W"}, coefficients=coefficients)
-        chain = run_chain(
-            client, fileset, processor, samples=samples, lumi=lumi, workdir=out, pseudo_data=args.seed, fakes=full
+        # The full model's results: the cross-section channel, the measurement's quantities, impacts and yields.
+        results = (
+            dict(cross_sections=coefficients, derived=QUANTITIES, impacts=True, yields=True)
+            if full
+            else {}
         )
+        chain = run_chain(
+            client, fileset, processor, samples=samples, lumi=lumi, workdir=out, pseudo_data=args.seed, fakes=full,
+            **results,
+        )  # fmt: skip
 
     fit = chain.fit
     print()
@@ -165,10 +173,18 @@ def main(argv: list[str] | None = None) -> int:
             groups, axis=axis, data=obs, path=out / f"templates_{axis}.png", title="W -> mu nu, toy + CMS NanoAOD"
         )
     plot_pulls(fit, path=out / "pulls.png")
-    print(
-        f"\nworkspace {chain.workspace}\nresult    {chain.result_path}\n"
-        f"plots     {out}/templates_pt.png, templates_eta.png, pulls.png"
-    )
+    figures = ["templates_pt.png", "templates_eta.png", "pulls.png"]
+    if full:
+        measurement = Measurement.from_result(fit, cfg.absy_edges)
+        print("\nunpolarised cross sections and the charge asymmetry (pb per unit |y_W|):")
+        print(measurement.table())
+        i = measurement.pois.index("Wplus_y0_L")
+        parts = ", ".join(f"{g} {v[i]:.4f}" for g, v in measurement.breakdown.items())
+        print(f"uncertainty breakdown of Wplus_y0_L: {parts}")
+        paths = plot_measurement(fit, cfg.absy_edges, chain.summary["cross_sections"], out,
+                                 eta_pt_bins=(cfg.eta_bins[0], cfg.pt_bins[0]), component_names=cfg.component_names)  # fmt: skip
+        figures += [Path(p).name for p in paths]
+    print(f"\nworkspace {chain.workspace}\nresult    {chain.result_path}\nplots     {out}/: {', '.join(figures)}")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0 if fit.ok else 1
 

@@ -349,23 +349,13 @@ def _post_fit(args: argparse.Namespace, ll, result, log, show) -> None:
     result.extra["gof"] = np.array([gof.chi2, gof.ndf, gof.p_value])
     print(f"saturated goodness of fit: chi2 = {gof.chi2:.2f} for {gof.ndf} degrees of freedom, "
           f"p-value = {gof.p_value:.3f}")
-    if args.derived:  # evaluated at the shown parameters of a blinded fit, so blinded too
-        from wfit.fitter.derived import evaluate
+    from wfit.fitter.postfit import post_fit_products
 
-        t = time.perf_counter()
-        derived = evaluate(ll, result, *args.derived)
-        result.extra.update(derived.as_arrays())
-        result.timings["derived"] = time.perf_counter() - t
+    # Derived quantities are evaluated at the shown parameters of a blinded fit, so blinded too.
+    derived, imp = post_fit_products(ll, result, derived=args.derived, impacts=bool(args.impacts or args.plots))
+    if derived is not None:
         print(derived.summary())
-    imp = None
-    if args.impacts or args.plots:
-        from wfit.fitter.breakdown import impacts
-
-        t = time.perf_counter()
-        imp = impacts(ll, result)
-        result.extra.update({"impacts": imp.values, "impacts_grouped": imp.grouped,
-                             "impact_groups": np.array(imp.groups)})
-        result.timings["impacts"] = time.perf_counter() - t
+    if imp is not None:
         if result.blinding is not None:
             imp = result.blinding.apply_impacts(imp)
         for poi in imp.pois[:3]:

@@ -193,12 +193,19 @@ def propagate(
         with tf.GradientTape(persistent=True) as tape:
             tape.watch([x, beta])
             y = tf.reshape(fn(x, beta), [-1])
-        jac = tape.jacobian(y, x).numpy()
+            # The Jacobian's rows in slices: one vectorised backward pass holds its intermediates for every row
+            # at once (the unrolled yields of a model at the analysis's size need tens of GB in one pass).
+            parts = [y[i : i + _JACOBIAN_ROWS] for i in range(0, int(y.shape[0]), _JACOBIAN_ROWS)]
+        jac = np.concatenate([tape.jacobian(p, x).numpy() for p in parts]) if parts else np.zeros((0, len(result.values)))
         cov = jac @ result.covariance @ jac.T
         if nbeta:
-            jb = tape.jacobian(y, beta).numpy()
+            jb = np.concatenate([tape.jacobian(p, beta).numpy() for p in parts])
             cov = cov + (jb * beta_var) @ jb.T
     return y.numpy(), cov
+
+
+#: Rows of the Jacobian per vectorised backward pass in :func:`propagate`.
+_JACOBIAN_ROWS = 256
 
 
 def evaluate(ll: Likelihood, result: FitResult, *quantities: Quantity | str) -> DerivedSet:

@@ -146,16 +146,12 @@ def plot_prepostfit(ll: Likelihood, result: FitResult, *, path: str | os.PathLik
     The post-fit band is the covariance of the yields, ``J C J^T``; the pre-fit band takes every
     constrained nuisance at its prior width, uncorrelated.
     """
-    from wfit.fitter.derived import propagate
-    from wfit.fitter.result import FitResult
+    from wfit.fitter.postfit import prepost_yields
 
     Figure, style, mplhep = _mpl()
-    prefit = ll.asimov_data(ll.x0)
-    postfit, cov = propagate(result, lambda x, beta: ll._yields(x, ll.bb_lite))
-    prior = FitResult(result.names, result.npoi, ll.x0, np.ones_like(ll.x0),
-                      np.diag(np.r_[np.zeros(ll.npoi), ll.ws.constraint_weights]), 0.0, 0.0, result.status, 0)
-    _, cov_pre = propagate(prior, lambda x, beta: ll._yields(x, False))
-    data = ll.data
+    y = prepost_yields(ll, result)
+    prefit, err_pre, postfit, err_post, data = (y[k] for k in ("prefit_yields", "prefit_errors", "postfit_yields",
+                                                              "postfit_errors", "data_yields"))  # fmt: skip
     edges = np.arange(len(data) + 1)
 
     def band(ax, center, err, color, ratio_to=None):
@@ -167,8 +163,7 @@ def plot_prepostfit(ll: Likelihood, result: FitResult, *, path: str | os.PathLik
     with style.context(mplhep.style.CMS):
         fig = Figure(figsize=(12, 7))
         ax, rax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-        for vals, c, color, label in ((prefit, cov_pre, "#f89c20", "pre-fit"), (postfit, cov, "#5790fc", "post-fit")):
-            err = np.sqrt(np.diag(c))
+        for vals, err, color, label in ((prefit, err_pre, "#f89c20", "pre-fit"), (postfit, err_post, "#5790fc", "post-fit")):
             mplhep.histplot(vals, edges, ax=ax, color=color, label=label)
             band(ax, vals, err, color)
             band(rax, vals, err, color, ratio_to=vals)

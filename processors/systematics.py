@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NOMINAL",
+    "OTHER_GROUPS",
     "SYSTEMATICS",
     "Registry",
     "Systematic",
@@ -394,6 +395,10 @@ SYSTEMATICS = Registry(
         ),
     ]
 )  # fmt: skip
+
+#: The groups of the uncertainty breakdown that the analysis merges into "others" (the workspace books their
+#: nuisances in that group too, so that grouped impacts give it).
+OTHER_GROUPS: tuple[str, ...] = ("pileup", "prefire", "jet", "longitudinal")
 
 _U64 = np.uint64
 

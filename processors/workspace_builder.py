@@ -51,14 +51,17 @@ import hist
 import numpy as np
 
 from .config import TemplateConfig, component_labels
-from .systematics import NOMINAL, SYSTEMATICS
+from .systematics import NOMINAL, OTHER_GROUPS, SYSTEMATICS
 
 __all__ = [
     "NormTerm",
     "Sample",
     "ShapeTerm",
+    "XSEC_CHANNEL",
     "build_workspace",
+    "cross_section_axes",
     "fake_estimate",
+    "generator_cross_sections",
     "fake_variations",
     "model_terms",
     "process_templates",
@@ -409,6 +412,61 @@ def fake_variations_names(config: TemplateConfig) -> list[str]:
     return names
 
 
+#: The masked channel of the generator-level cross sections (:func:`build_workspace` ``cross_sections``).
+XSEC_CHANNEL = "xsec"
+
+
+def cross_section_axes(config: TemplateConfig) -> list[Any]:
+    """The axes of the cross-section channel: W charge (+1, -1: an asymmetry along it is (W+ - W-) / (W+ + W-)),
+    |y_W| (the overflow bin up to |y| = 10) and helicity (L, R, 0), the components' order."""
+    from .config import HELICITIES
+
+    edges = [*config.absy_edges, max(10.0, config.absy_edges[-1] + 1.0)]
+    return [
+        hist.axis.IntCategory([1, -1], name="charge", label="W charge"),
+        hist.axis.Variable(edges, name="absy", label="|y_W|", flow=False),
+        hist.axis.StrCategory(list(HELICITIES), name="helicity", label="W helicity"),
+    ]
+
+
+def generator_cross_sections(
+    output: Mapping[str, Any], samples: Mapping[str, Sample], config: TemplateConfig, coefficients: Any
+) -> dict[str, float]:
+    """The generator-level cross section in pb of every signal component, in the full phase space.
+
+    ``sigma(q, y, k) = xsec x sum over pT_W bins of sumw(q, y, pT) f_k(q, y, pT) / sumw_sign``: the moments'
+    sums of sign(genWeight) per W charge, |y_W| and pT_W bin (:class:`~wfit.processors.AngularCoefficients` of
+    :class:`~wfit.processors.AngularCoefficientsProcessor` on the signal sample) times the helicity fractions of
+    the same A0 and A4 as the template split (clipped to the physical region), over the sample's sum of signs.
+
+    Raises:
+        ValueError: Not exactly one signal sample, or coefficients of another |y_W| binning.
+    """
+    from .helicity import helicity_fractions
+
+    signal = [ds for ds, smp in samples.items() if smp.kind == "signal"]
+    if len(signal) != 1:
+        raise ValueError(f"cross_sections need exactly one signal dataset in samples, got {signal}")
+    if tuple(coefficients.absy_edges) != tuple(config.absy_edges):
+        raise ValueError(
+            f"cross_sections: the coefficients' |y_W| edges {coefficients.absy_edges} are not the config's "
+            f"{config.absy_edges}: measure them with AngularCoefficientsProcessor(config)"
+        )
+    ds = signal[0]
+    a0 = np.clip(coefficients.a0, 0.0, 2.0)
+    a4 = np.clip(coefficients.a4, -(2.0 - a0), 2.0 - a0)
+    fractions = helicity_fractions(a0, a4)  # [3, charge, absy, pT]
+    sigma = samples[ds].xsec * np.einsum("kqyp,qyp->qyk", fractions, coefficients.sumw) / float(output[ds]["sumw_sign"])
+    names = config.component_names
+    return {names[(q * config.n_absy + y) * 3 + k]: float(sigma[q, y, k]) for q in range(2)
+            for y in range(config.n_absy) for k in range(3)}  # fmt: skip
+
+
+def _groups(term: ShapeTerm | NormTerm) -> list[str]:
+    """A term's nuisance groups: its own, and ``others`` for the groups that the breakdown merges (OTHER_GROUPS)."""
+    return [term.group, "others"] if term.group in OTHER_GROUPS else [term.group]
+
+
 def _restricted(hs: Mapping[str, hist.Hist], name: str, eta: slice | None, charge: int | None = None) -> hist.Hist:
     """The variation ``name`` inside the eta bins ``eta`` and the bins of lepton charge ``charge``, the nominal
     outside (the whole variation when both are None). Axes (eta, pt, charge), charge categories (-1, +1)."""
@@ -433,6 +491,7 @@ def build_workspace(
     fakes: bool = False,
     channel: str = "mu_sr",
     sparse: bool | None = None,
+    cross_sections: Any = None,
 ) -> dict[str, Any]:
     """Write a workspace from the processor output.
 
@@ -451,6 +510,12 @@ def build_workspace(
         channel: Channel name.
         sparse: Write the sparse (COO) layout; ``None``: when the dense log(kappa) tensor would take more than
             256 MB (a model at the analysis's size: thousands of bins and hundreds of nuisances).
+        cross_sections: The signal's :class:`~wfit.processors.AngularCoefficients` (from
+            :class:`~wfit.processors.AngularCoefficientsProcessor`): add the masked channel ``xsec`` (axes W charge,
+            |y_W|, helicity; :func:`cross_section_axes`) holding each signal component's generator-level cross
+            section in pb (:func:`generator_cross_sections`), so that the fit gives the measured cross sections,
+            helicity fractions and asymmetries with their covariance (derived quantities). Only the components'
+            normalisations act there (their POIs; the longitudinal constraints).
 
     Returns:
         A summary: ``signals`` (the signal components), ``pois`` (those that are POIs: all but constrained
@@ -490,16 +555,28 @@ def build_workspace(
     if fake_hist is not None:
         w.add_process("Fakes", channel, fake_hist)
         yields["Fakes"] = float(fake_hist.sum().value)
+    xsec: dict[str, float] = {}
+    if cross_sections is not None:
+        xsec = generator_cross_sections(output, samples, cfg, cross_sections)
+        w.add_channel(XSEC_CHANNEL, cross_section_axes(cfg), masked=True)
+        names = cfg.component_names
+        for p in signals:
+            values = np.zeros(len(names))
+            values[names.index(p)] = xsec[p]
+            w.add_process(p, XSEC_CHANNEL, values, signal=cfg.is_poi(p), variances=np.zeros(len(names)))
 
     booked: set[str] = set()
     for term in terms:
         if isinstance(term, NormTerm):
-            w.add_norm_systematic(term.name, list(term.processes), channel, term.kappa, groups=[term.group])
+            # A component's own normalisation acts on its cross section too; the others (lumi) on the selection.
+            own = xsec and term.group == SYSTEMATICS["longitudinal"].group
+            where = [channel, XSEC_CHANNEL] if own else channel
+            w.add_norm_systematic(term.name, list(term.processes), where, term.kappa, groups=_groups(term))
         else:
             hs = templates[term.process]
             up = _restricted(hs, term.up, term.eta, term.charge)
             down = None if term.down is None else _restricted(hs, term.down, term.eta, term.charge)
-            w.add_shape_systematic(term.name, term.process, channel, up, down, groups=[term.group])
+            w.add_shape_systematic(term.name, term.process, channel, up, down, groups=_groups(term))
         booked.add(term.name)
 
     if data:
@@ -529,5 +606,6 @@ def build_workspace(
         "missing_signals": missing,
         "systematics": sorted(booked),
         "yields": yields,
+        "cross_sections": xsec,
         "data": float(obs.sum().value),
     }

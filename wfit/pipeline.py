@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -354,9 +354,12 @@ def process_on_cluster(
     return run.output
 
 
-def _fit_task(workspace: str, result: str, options: dict[str, Any], topic: str | None) -> dict[str, Any]:
-    """Runs on a worker: fit the workspace file with ``FitOptions.from_dict(options)`` and write the result
-    file (both on shared storage)."""
+def _fit_task(
+    workspace: str, result: str, options: dict[str, Any], topic: str | None, products: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Runs on a worker: fit the workspace file with ``FitOptions.from_dict(options)``, compute the post-fit
+    ``products`` (:func:`wfit.fitter.postfit.post_fit_products`' arguments, and ``plots``: a folder for
+    :func:`wfit.fitter.plots.plot_all`) and write the result file (all on shared storage)."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -372,7 +375,25 @@ def _fit_task(workspace: str, result: str, options: dict[str, Any], topic: str |
         if topic is not None:
             worker.log_event(topic, {"iteration": it, "nll": nll, "edm": edm})
 
-    res = fit_workspace(workspace, FitOptions.from_dict(options), callback=progress)
+    products = dict(products or {})
+    plots = products.pop("plots", None)
+    if products.get("derived"):
+        from wfit.fitter.quantities import parse_quantity
+
+        for text in products["derived"]:
+            parse_quantity(text)  # a typo fails before the fit, not after it
+
+    def post_fit(ll: Any, res: Any) -> None:
+        from wfit.fitter.postfit import post_fit_products
+
+        _, imp = post_fit_products(ll, res, **products)
+        if plots is not None:
+            from wfit.fitter.plots import plot_all
+
+            plot_all(ll, res, plots, imp)
+
+    hook = post_fit if products or plots is not None else None
+    res = fit_workspace(workspace, FitOptions.from_dict(options), callback=progress, post_fit=hook)
     res.options.update({"worker": worker.address, "resources": dict(worker.state.total_resources)})
     res.write(result)
     return {"result": result, "worker": worker.address, "device": res.options.get("device"), "ok": res.ok}
@@ -411,6 +432,10 @@ def fit_on_cluster(
     options: FitOptions | None = None,
     allow_cpu: bool = False,
     progress: bool = False,
+    derived: Sequence[str] = (),
+    impacts: bool = False,
+    yields: bool = False,
+    plots: str | os.PathLike[str] | None = None,
     **changes: Any,
 ) -> Any:
     """Fit a workspace file on the cluster's GPU worker and read the result file back.
@@ -428,6 +453,9 @@ def fit_on_cluster(
         options: The :class:`wfit.fitter.FitOptions` (defaults when ``None``).
         allow_cpu: Without a GPU worker, fit on a CPU worker instead of raising :class:`NoGPUWorkerError`.
         progress: Show a progress bar of the minimisation (events sent by the worker).
+        derived, impacts, yields: Post-fit products computed on the worker, stored in the result's ``extra``
+            (:func:`wfit.fitter.postfit.post_fit_products`; the ``derived`` expressions are parsed before the fit).
+        plots: A folder (on shared storage) where the worker writes :func:`wfit.fitter.plots.plot_all`'s figures.
         **changes: Fit options that replace those of ``options``, by name (``asimov=True``); a name
             that is not a ``FitOptions`` field is a ``TypeError``.
 
@@ -441,6 +469,9 @@ def fit_on_cluster(
 
     fit_options = FitOptions.resolve(options, **changes)  # checked here, not on the worker
     workspace = os.path.abspath(os.fspath(workspace))
+    products = {"derived": list(derived), "impacts": bool(impacts), "yields": bool(yields)}
+    if plots is not None:
+        products["plots"] = os.path.abspath(os.fspath(plots))
     result = (
         os.path.abspath(os.fspath(result))
         if result is not None
@@ -467,6 +498,7 @@ def fit_on_cluster(
             result,
             fit_options.to_dict(),
             topic,
+            products,
             pure=False,
             key=f"wfit-fit-{uuid.uuid4().hex}",
             **submit,
@@ -593,6 +625,11 @@ def run_chain(
     status: bool = True,
     options: FitOptions | None = None,
     allow_cpu: bool = False,
+    cross_sections: Any = None,
+    derived: Sequence[str] = (),
+    impacts: bool = False,
+    yields: bool = False,
+    plots: str | os.PathLike[str] | None = None,
     **changes: Any,
 ) -> ChainResult:
     """NanoAOD to fit result on one cluster: process (CPU workers), write the workspace, fit (GPU worker).
@@ -607,6 +644,8 @@ def run_chain(
             workers share.
         chunksize, status: As :func:`process_on_cluster`.
         options, allow_cpu, **changes: The fit's options, as :func:`fit_on_cluster`.
+        cross_sections: As :func:`wfit.processors.build_workspace` (the masked cross-section channel).
+        derived, impacts, yields, plots: The post-fit products, as :func:`fit_on_cluster`.
 
     Returns:
         A :class:`ChainResult`.
@@ -634,6 +673,7 @@ def run_chain(
         systematics=systematics,
         pseudo_data=pseudo_data,
         fakes=fakes,
+        cross_sections=cross_sections,
     )
     out = workdir / "fitresult.hdf5"
     res = fit_on_cluster(
@@ -643,5 +683,9 @@ def run_chain(
         options=fit_options,
         allow_cpu=allow_cpu,
         progress=status,
+        derived=derived,
+        impacts=impacts,
+        yields=yields,
+        plots=plots,
     )
     return ChainResult(output=output, workspace=str(ws), summary=summary, result_path=str(out), fit=res)
