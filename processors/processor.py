@@ -352,7 +352,7 @@ class WTemplateProcessor(processor.ProcessorABC):
             fills += self._kinematic_fills(kin_rows)
         res["templates_syst"] = self._fill_syst(kind, fills, partial)
         if self.event_columns:
-            kept = {f[0] for f in fills + partial if f[0] != NOMINAL and SYSTEMATICS.resolve(f[0]).systematic.filled_for(kind)}
+            kept = {f[0] for f in fills if f[0] != NOMINAL and SYSTEMATICS.resolve(f[0]).systematic.filled_for(kind)}
             nominal = _Rows(sel, rep, comp, fac, w_sel)
             res["columns"] = ColumnChunks.from_chunk(
                 events.metadata,
@@ -553,7 +553,7 @@ class WTemplateProcessor(processor.ProcessorABC):
             out.append((sub, w_nom[idx], varied))
         return out
 
-    def _fill_syst(self, kind: Kind, fills: list[_Fill], partial: list[_Partial] = ()) -> hist.Hist:  # type: ignore[assignment]
+    def _fill_syst(self, kind: Kind, fills: list[_Fill], partial: list[_Partial] | None = None) -> hist.Hist:
         # Book all categories at once: growing a StrCategory one name at a time reallocates the whole (large,
         # for the signal split) histogram each time. Variations that the registry does not fill for this kind
         # of dataset are left out.
@@ -561,7 +561,7 @@ class WTemplateProcessor(processor.ProcessorABC):
             return name == NOMINAL or SYSTEMATICS.resolve(name).systematic.filled_for(kind)
 
         fills = [f for f in fills if filled(f[0])]
-        partial = [(c, w, [v for v in varied if filled(v[0])]) for c, w, varied in partial]
+        partial = [(c, w, [v for v in varied if filled(v[0])]) for c, w, varied in partial or []]
         partial = [p for p in partial if p[2]]
         names = [f[0] for f in fills] + [name for _, _, varied in partial for name, _ in varied]
         h = syst_histogram(self.config, kind == "signal", names)
