@@ -95,6 +95,11 @@ class ToyConfig:
         negative_weight_fraction: Fraction of events with a negative genWeight.
         gen_weight: |genWeight|.
         pfnano: Also write raw-pT factors, jet areas, rho and PFNano jet constituents.
+        lepton: ``"mu"`` or ``"e"``: the flavour of the W's and Z's decay leptons and of the non-prompt lepton. An
+            electron is reconstructed like the muon (the same resolution and identification draws: ``cutBased`` 4
+            where the muon would pass ``tightId``, else 2; a lost Z electron ``cutBased`` 0, failing the veto) into
+            ``Electron_*`` with ``pfRelIso03_all``; the soft extra muons and electrons stay. The random draws are the
+            muon toy's, so that the two flavours of one seed hold the same events.
     """
 
     absy_edges: tuple[float, ...] = tuple(float(x) for x in np.round(np.arange(0.0, 2.5001, 0.25), 6))
@@ -111,8 +116,11 @@ class ToyConfig:
     negative_weight_fraction: float = 0.0
     gen_weight: float = 1.0
     pfnano: bool = False
+    lepton: str = "mu"
 
     def __post_init__(self) -> None:
+        if self.lepton not in ("mu", "e"):
+            raise ValueError(f"ToyConfig.lepton must be 'mu' or 'e', got {self.lepton!r}")
         n = len(self.absy_edges)
         if len(self.a0) != n or len(self.a4) != n:
             raise ValueError(
@@ -224,7 +232,8 @@ def generate_events(
         n = len(sel)
         mu_q = q
         lost = None
-        gen["pdg"] = np.stack([24 * q, -13 * q, 14 * q], axis=1)
+        flavour = 11 if cfg.lepton == "e" else 13
+        gen["pdg"] = np.stack([24 * q, -flavour * q, (flavour + 1) * q], axis=1)
         gen["p"] = [boson, lep, nu]
         gen["pol"] = pol
     elif process == "Z":
@@ -239,7 +248,8 @@ def generate_events(
         lep = np.where(first_lost, d2, d1)
         lost = np.where(first_lost, d1, d2)
         mu_q = np.where(first_lost, 1, -1)  # d1 is mu-: the kept muon is mu+ when d1 is lost
-        gen["pdg"] = np.stack([np.full(n, 23), np.full(n, 13), np.full(n, -13)], axis=1)
+        flavour = 11 if cfg.lepton == "e" else 13
+        gen["pdg"] = np.stack([np.full(n, 23), np.full(n, flavour), np.full(n, -flavour)], axis=1)
         gen["p"] = [boson, d1, d2]
         nu = np.zeros((4, n))
     elif process == "fakes":
@@ -311,7 +321,8 @@ def generate_events(
         "dz": rng.normal(0.0, 0.05, n),
         "genPartIdx": np.full(n, -1),
     }
-    blocks = [(has_mu, mu_cols)] + ([lost_cols] if lost_cols is not None else []) + [(has_extra, extra)]
+    leptons = [(has_mu, mu_cols)] + ([lost_cols] if lost_cols is not None else [])
+    blocks = ([] if cfg.lepton == "e" else leptons) + [(has_extra, extra)]
     counts = sum(b[0].astype(np.int64) for b in blocks)
     # Interleave per event: stack the blocks as columns and keep the present ones, in event order.
     present = np.stack([b[0] for b in blocks], axis=1)
@@ -331,7 +342,7 @@ def generate_events(
     }
     for key, dt in dtypes.items():
         muon[key] = np.stack([b[1][key] for b in blocks], axis=1)[present].astype(dt)
-    if not prompt:
+    if not prompt and cfg.lepton == "mu":
         muon["genPartIdx"][:] = -1
     # Electrons: occasionally one soft electron with a random cut-based ID.
     n_ele = (rng.random(n) < 0.03).astype(np.int64)
@@ -347,6 +358,8 @@ def generate_events(
         "dxy": rng.normal(0.0, 0.01, ne).astype(np.float32),
         "dz": rng.normal(0.0, 0.03, ne).astype(np.float32),
     }
+    if cfg.lepton == "e":
+        n_ele, electron = _electrons(n, leptons, n_ele, electron)
     n_jet = rng.poisson(2.0, n)
     nj = int(n_jet.sum())
     jet = {
@@ -504,6 +517,24 @@ def _add_pfnano(rng: np.random.Generator, cols: dict[str, Any], n_jet: np.ndarra
         ntracks=(2 + rng.poisson(1.0, ns)).astype(np.int32),
         jetIdx=jet_local[sv_owner].astype(np.int32),
     )
+
+
+def _electrons(
+    n: int, leptons: list[tuple[np.ndarray, dict[str, np.ndarray]]], n_soft: np.ndarray, soft: dict[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The electron collection of an electron toy: per event its decay electrons (the muon toy's lepton draws, as
+    electrons) then its soft electron."""
+    per_event = {k: np.zeros(n, dtype=v.dtype) for k, v in soft.items()}
+    for k, v in soft.items():
+        per_event[k][n_soft > 0] = v
+    blocks = [(present, {
+        "pt": cols["pt"], "eta": cols["eta"], "phi": cols["phi"], "mass": np.full(n, 0.000511),
+        "charge": cols["charge"], "cutBased": np.where(cols["tightId"], 4, np.where(cols["looseId"], 2, 0)),
+        "pfRelIso03_all": cols["pfRelIso04_all"], "dxy": cols["dxy"], "dz": cols["dz"],
+    }) for present, cols in leptons] + [(n_soft > 0, per_event)]  # fmt: skip
+    present = np.stack([b[0] for b in blocks], axis=1)
+    out = {k: np.stack([b[1][k] for b in blocks], axis=1)[present].astype(v.dtype) for k, v in soft.items()}
+    return present.sum(axis=1).astype(np.int64), out
 
 
 def _concat(blocks: Sequence[dict[str, Any]]) -> dict[str, Any]:

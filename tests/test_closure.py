@@ -31,25 +31,30 @@ from wfit.processors import (
 
 
 def _closure(
-    tmp: Path, *, n_mc: int, n_data: int, edges: tuple[float, ...], seed: int, n_eta: int = 48, n_pt: int = 30
+    tmp: Path,
+    *,
+    n_mc: int,
+    n_data: int,
+    edges: tuple[float, ...],
+    seed: int,
+    n_eta: int = 48,
+    n_pt: int = 30,
+    channel: str = "mu",
 ) -> tuple[np.ndarray, ...]:
     ny = len(edges)
-    cfg = TemplateConfig(
-        absy_edges=edges,
-        qcd_scale=False,
-        pdf=False,
-        eta_bins=(n_eta, -2.4, 2.4),
-        pt_bins=(n_pt, 26.0, 56.0),
-        eff_groups=n_eta,
-    )
+    common = dict(absy_edges=edges, qcd_scale=False, pdf=False, eff_groups=n_eta)
+    if channel == "mu":
+        cfg = TemplateConfig(eta_bins=(n_eta, -2.4, 2.4), pt_bins=(n_pt, 26.0, 56.0), **common)
+    else:  # the electron channel: |eta| < 2.5, pT in [30, 60] GeV
+        cfg = TemplateConfig.electron(eta_bins=(n_eta, -2.5, 2.5), pt_bins=(n_pt, 30.0, 60.0), **common)
     base = ToyConfig(
-        absy_edges=edges, a0=tuple(np.linspace(0.1, 0.45, ny)), a4=tuple(np.linspace(-0.3, -1.2, ny))
+        absy_edges=edges, a0=tuple(np.linspace(0.1, 0.45, ny)), a4=tuple(np.linspace(-0.3, -1.2, ny)), lepton=channel
     )
     rng = np.random.default_rng(seed)
     scale = rng.uniform(0.75, 1.0, (2, ny))
     a0d = tuple(np.array(base.a0) + rng.uniform(-0.08, 0.08, ny))
     a4d = tuple(np.array(base.a4) + rng.uniform(-0.1, 0.1, ny))
-    injected = ToyConfig(absy_edges=edges, a0=a0d, a4=a4d, yield_scale=tuple(map(tuple, scale)))
+    injected = ToyConfig(absy_edges=edges, a0=a0d, a4=a4d, yield_scale=tuple(map(tuple, scale)), lepton=channel)
     write_toy(tmp / "mc.root", n_mc, process="W", seed=seed + 1, config=base)
     write_toy(tmp / "data.root", {"W": n_data}, seed=seed + 2, config=injected, is_data=True)
 
@@ -68,10 +73,11 @@ def _closure(
         samples={"W": Sample("signal", xsec=1.0), "data": Sample("data")},
         config=cfg,
         lumi=float(n_data),
-        systematics=["lumi", "muon"],
+        systematics=["lumi", "muon"] if channel == "mu" else ["lumi", "eff"],
     )
     assert summary["missing_signals"] == []
-    assert "muonScale_eta0" in summary["systematics"] and "lumi" in summary["systematics"]
+    assert "lumi" in summary["systematics"]
+    assert ("muonScale_eta0" if channel == "mu" else "effStat_eta0") in summary["systematics"]
 
     res = fit_workspace(tmp / "ws.hdf5")
     assert res.ok, res.status
@@ -93,6 +99,17 @@ def test_closure_small(tmp_path: Path) -> None:
     """A quick chain check on (24 eta x 15 pT x 2) bins: 18 POIs, each within 3.5 sigma of the truth."""
     values, errors, truth = _closure(
         tmp_path, n_mc=600_000, n_data=100_000, edges=(0.0, 1.25, 2.5), seed=100, n_eta=24, n_pt=15
+    )
+    pulls = (values - truth) / errors
+    assert np.all(np.isfinite(pulls))
+    assert np.all(np.abs(pulls) < 3.5), pulls
+
+
+def test_closure_small_electron_channel(tmp_path: Path) -> None:
+    """The same chain in the electron channel, on toy W -> e nu events (ToyConfig(lepton="e")) with the electron
+    selection (TemplateConfig.electron(), 25 eta x 15 pT x 2 bins): 18 POIs, each within 3.5 sigma of the truth."""
+    values, errors, truth = _closure(
+        tmp_path, n_mc=600_000, n_data=100_000, edges=(0.0, 1.25, 2.5), seed=200, n_eta=25, n_pt=15, channel="e"
     )
     pulls = (values - truth) / errors
     assert np.all(np.isfinite(pulls))
