@@ -542,15 +542,13 @@ class WTemplateProcessor(processor.ProcessorABC):
         order = np.argsort(ib, kind="stable")
         bounds = np.searchsorted(ib[order], np.arange(len(edges) + 1))
         w_nom = w_sel[r_sr] * f_sr
+        w_var = [(SYSTEMATICS[f"{v.systematic.name}_ptW{{index}}"], v.shift, (w_sel * ratios[name])[r_sr] * f_sr)
+                 for name, v in scales]  # fmt: skip
         out: list[_Partial] = []
         for b in range(len(edges)):
             idx = order[bounds[b] : bounds[b + 1]]
             sub = {k: v[idx] for k, v in coords.items()}
-            varied = []
-            for name, v in scales:
-                family = SYSTEMATICS[f"{v.systematic.name}_ptW{{index}}"]
-                varied.append((family.histogram(v.shift, index=b), (w_sel * ratios[name])[r_sr][idx] * f_sr[idx]))
-            out.append((sub, w_nom[idx], varied))
+            out.append((sub, w_nom[idx], [(family.histogram(shift, index=b), w[idx]) for family, shift, w in w_var]))
         return out
 
     def _fill_syst(self, kind: Kind, fills: list[_Fill], partial: list[_Partial] | None = None) -> hist.Hist:

@@ -42,6 +42,7 @@ __all__ = [
     "lhe_variations",
     "ptw_bin",
     "smooth_modes",
+    "unit_pt",
     "weight_branches",
 ]
 
@@ -186,12 +187,17 @@ def lepton_weights(
     return nom, _smooth_modes(nom, up, down, sel.pt, config)
 
 
+def unit_pt(pt: np.ndarray, config: TemplateConfig) -> np.ndarray:
+    """pT mapped linearly onto [-1, 1] over the template pT range, clipped outside it."""
+    _, lo, hi = config.pt_bins
+    return np.clip(2.0 * (np.asarray(pt, dtype=np.float64) - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+
+
 def smooth_modes(pt: np.ndarray, config: TemplateConfig) -> np.ndarray:
     """The efficiency's pT modes ``[eff_parameters, n]``: Legendre polynomials of degree 0, 1, 2 of pT mapped onto
     [-1, 1] over the template pT range (clipped outside it), divided by their root sum of squares, so that the
     squares of the modes add up to one at every pT."""
-    _, lo, hi = config.pt_bins
-    x = np.clip(2.0 * (np.asarray(pt, dtype=np.float64) - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+    x = unit_pt(pt, config)
     legendre = np.stack([np.ones_like(x), x, 0.5 * (3.0 * x * x - 1.0)])[: config.eff_parameters]
     return legendre / np.sqrt(np.sum(legendre**2, axis=0))
 

@@ -281,9 +281,9 @@ def fake_variations(fake: hist.Hist, config: TemplateConfig) -> dict[str, hist.H
         for shift, factor in (("Up", k), ("Down", 1.0 / k)):
             out[SYSTEMATICS["fakeNormEta"].histogram(shift)] = fake * factor
     if config.fake_shape_uncertainty > 0:
-        centres = np.asarray(fake.axes["pt"].centers)
-        _, lo, hi = config.pt_bins
-        x = np.clip(2.0 * (centres - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+        from .weights import unit_pt
+
+        x = unit_pt(np.asarray(fake.axes["pt"].centers), config)
         names = ["fakeShape"] + (["fakeShapeEta"] if config.fake_eta_groups else [])
         for shift, sign in (("Up", 1.0), ("Down", -1.0)):
             varied = fake.copy()
@@ -318,8 +318,8 @@ def model_terms(
         kinds: Per process (signals and MC backgrounds, in the workspace's order), its kind.
         config: The processor's configuration (eta groups, uncertainties of the model).
         systematics: As :func:`build_workspace`'s.
-        fakes: Whether the model has the data-driven ``Fakes`` process: its ``fakeNorm`` and, as ``config`` says,
-            the terms of :func:`fake_variations`.
+        fakes: Whether the model has the data-driven ``Fakes`` process: its ``fakeNorm`` and the terms of the
+            variations that ``variations["Fakes"]`` lists (:func:`fake_variations`).
 
     Example:
         >>> terms = model_terms({"W": ["nominal", "pileupUp", "pileupDown"]}, {"W": "signal"}, TemplateConfig())
@@ -346,12 +346,13 @@ def model_terms(
                 out.append(ShapeTerm(name, p, up, down, spec.group, eta, q))
         return out
 
+    declared = {spec.name: i for i, spec in enumerate(SYSTEMATICS)}
     terms: list[ShapeTerm | NormTerm] = []
     if fakes:
         fake_norm = SYSTEMATICS["fakeNorm"]
         terms.append(NormTerm(fake_norm.name, ("Fakes",), 1.3, fake_norm.group))
         if wanted(fake_norm.group):
-            fake_names = set(fake_variations_names(config))
+            fake_names = set(variations.get("Fakes", ()))
             for name in ("fakeNormEta", "fakeShape", "fakeShapeEta"):
                 spec = SYSTEMATICS[name]
                 up, down = (spec.histogram(shift) for shift in spec.shifts)
@@ -365,7 +366,7 @@ def model_terms(
         names = set(variations[p])
         resolved = [(s, SYSTEMATICS.resolve(s, where=f"process {p!r}")) for s in variations[p] if s != NOMINAL]
         replaced = {v.systematic.replaces for _, v in resolved if v.systematic.applies_to(process_kind)}
-        grouped: list[tuple[int, int, ShapeTerm | None, Any]] = []
+        grouped: list[tuple[int, int, str, str | None, Any]] = []  # (declaration order, member, up, down, spec)
         for s, var in resolved:
             spec = var.systematic
             # Each nuisance is booked at its first histogram; the eta-group split comes after the loop.
@@ -377,8 +378,7 @@ def model_terms(
             down = down if down in names else None
             if spec.bins == "eta_group":
                 if not spec.two_sided or down is not None:  # a two-sided eta-group split needs both
-                    order = list(SYSTEMATICS).index(spec)
-                    grouped.append((order, var.index or 0, None, (spec, s, down, var.index)))
+                    grouped.append((declared[spec.name], var.index or 0, s, down, spec))
                 continue
             if spec.signal_split:
                 if component_labels(p) is None:
@@ -386,8 +386,8 @@ def model_terms(
                 terms.append(ShapeTerm(spec.nuisance(var.index, component=p), p, s, down, spec.group))
                 continue
             terms.append(ShapeTerm(var.nuisance, p, s, down, spec.group))
-        for _, _, _, (spec, up, down, index) in sorted(grouped, key=lambda g: (g[0], g[1])):
-            terms += split(spec, p, up, down, index)
+        for _, index, up, down, spec in sorted(grouped, key=lambda g: (g[0], g[1])):
+            terms += split(spec, p, up, down, index if spec.indexed else None)
     longitudinal = SYSTEMATICS["longitudinal"]
     if config.longitudinal_uncertainty is not None and wanted(longitudinal.group):
         for p, process_kind in kinds.items():
@@ -399,17 +399,6 @@ def model_terms(
         lumi_processes = tuple(p for p, kind in kinds.items() if lumi.applies_to(kind))
         terms.append(NormTerm(lumi.name, lumi_processes, 1.0 + config.lumi_uncertainty, lumi.group))
     return terms
-
-
-def fake_variations_names(config: TemplateConfig) -> list[str]:
-    """The histogram names that :func:`fake_variations` makes under ``config`` (``"nominal"`` first)."""
-    names = [NOMINAL]
-    if config.fake_eta_groups and config.fake_norm_uncertainty > 0:
-        names += [SYSTEMATICS["fakeNormEta"].histogram(s) for s in ("Up", "Down")]
-    if config.fake_shape_uncertainty > 0:
-        for name in ["fakeShape"] + (["fakeShapeEta"] if config.fake_eta_groups else []):
-            names += [SYSTEMATICS[name].histogram(s) for s in ("Up", "Down")]
-    return names
 
 
 #: The masked channel of the generator-level cross sections (:func:`build_workspace` ``cross_sections``).
@@ -540,7 +529,7 @@ def build_workspace(
         templates["Fakes"] = fake_variations(fake_hist, cfg)
     kinds: dict[str, Literal["signal", "background"]] = {p: "signal" for p in signals}
     kinds.update((b, "background") for b in backgrounds)
-    variations = {p: list(templates[p]) for p in kinds}
+    variations = {p: list(templates[p]) for p in [*kinds, *(["Fakes"] if fake_hist is not None else [])]}
     terms = model_terms(variations, kinds, cfg, systematics, fakes=fake_hist is not None)
     if sparse is None:
         n_proc = len(kinds) + (fake_hist is not None)

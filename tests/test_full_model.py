@@ -421,3 +421,42 @@ def test_closure_of_the_full_model_over_seeds(tmp_path: Path) -> None:
         print(what, len(z), f"mean {z.mean():+.3f} rms {np.sqrt(np.mean(z**2)):.3f} max |z| {np.abs(z).max():.2f}")
         assert np.all(np.isfinite(z)) and np.all(np.abs(z) < 4.0), (what, z)
         assert abs(z.mean()) < 0.25 and 0.5 < np.sqrt(np.mean(z**2)) < 1.25, (what, z.mean(), np.sqrt(np.mean(z**2)))
+
+
+def test_bad_inputs_of_the_full_model_are_refused_by_name(measured: Any, tmp_path: Path) -> None:
+    from wfit.fitter.measurement import Measurement, plot_measurement
+    from wfit.fitter.result import read_result
+
+    for bad, match in (
+        (dict(eff_parameters=4), "eff_parameters"),
+        (dict(fake_norm_uncertainty=float("nan")), "fake_norm_uncertainty"),
+        (dict(longitudinal_uncertainty=float("nan")), "longitudinal_uncertainty"),
+        (dict(qcd_ptw_edges=(0.0, float("nan"))), "qcd_ptw_edges"),
+        (dict(qcd_ptw_edges=(5.0, 5.0)), "qcd_ptw_edges"),
+        (dict(fake_eta_groups=7), "fake_eta_groups"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _config(**bad)
+    with pytest.raises(ValueError, match="stat_scale"):
+        CurvatureVariation(stat_scale=float("nan"))
+    with pytest.raises(ValueError, match="lepton"):
+        ToyConfig(lepton="tau")
+    cfg, coef, _, path = measured
+    # The cross sections need the coefficients of the same |y_W| bins, and one signal dataset.
+    out = {"W": {"sumw_sign": 1.0}}
+    with pytest.raises(ValueError, match="AngularCoefficientsProcessor"):
+        from wfit.processors.workspace_builder import generator_cross_sections
+
+        generator_cross_sections(out, {"W": SAMPLES["W"]}, cfg.replace(absy_edges=(0.0, 2.0)), coef)
+    with pytest.raises(ValueError, match="exactly one signal"):
+        generator_cross_sections(out, {"W": SAMPLES["W"], "W2": SAMPLES["W"]}, cfg, coef)
+    # A result without the measurement's products says how to make them; nothing is written.
+    from wfit.fitter import fit_workspace
+
+    res = fit_workspace(path, asimov=True)
+    res.write(tmp_path / "bare.hdf5")
+    with pytest.raises(KeyError, match="derived=QUANTITIES"):
+        Measurement.from_result(read_result(tmp_path / "bare.hdf5"), cfg.absy_edges)
+    with pytest.raises(KeyError, match="impacts=True"):
+        plot_measurement(res, cfg.absy_edges, {}, tmp_path / "figures")
+    assert not (tmp_path / "figures").exists()
